@@ -1,10 +1,41 @@
 """aiokprod's exceptions.
 
-``KafkaError`` is the base of everything the package raises on purpose. Broker error codes map to
-``BrokerResponseError`` subclasses through the table in ``aiokprod._error_codes`` (generated from the
-protocol's error-code table); see :func:`for_code`.
+The hierarchy::
+
+    KafkaError                          base of everything the package raises on purpose; .retriable
+    ├── CorruptFrameError               a protocol frame is malformed, truncated or has an impossible length
+    │   └── CorruptRecordError          a record batch is malformed (CRC, magic, lengths)
+    ├── BrokerResponseError             an error code from the broker (.code .name .retriable
+    │   │                               .needs_metadata_refresh .broker_message .topic .partition)
+    │   ├── NotLeaderOrFollowerError    one subclass per code of the protocol's error table, named in
+    │   ├── UnknownTopicOrPartitionError  CamelCase from the code's name + "Error" (a trailing
+    │   ├── ...                         _ERROR/_EXCEPTION folds into "Error": UnknownServerError,
+    │   │                               NetworkError, InvalidTopicError, KafkaStorageError)
+    │   ├── UnsupportedVersionError     code 35; the client raises it too when version negotiation finds
+    │   │                               no version both sides support (code 35, its own message)
+    │   └── RequestTimedOutError        code 7: the *broker* timed out (e.g. acks=-1 replication)
+    ├── KafkaConnectionError            the connection failed or closed (retriable)
+    ├── KafkaTimeoutError               a client-side deadline passed (delivery, metadata wait, request);
+    │                                   retriable like Java's TimeoutException
+    ├── RecordTooLargeError             client-side: a record is larger than max_request_size /
+    │                                   buffer_memory (the broker's is MessageTooLargeError, code 10)
+    ├── ProducerClosedError             send() after close(), or pending records failed by close
+    ├── IllegalStateError               an operation not allowed in the current state (transactions)
+    └── AuthenticationError             SASL/TLS authentication failed; the broker's SASL codes
+                                        (UnsupportedSaslMechanismError 33, IllegalSaslStateError 34,
+                                        SaslAuthenticationFailedError 58) are subclasses of it too
+
+Broker codes come from the generated table ``aiokprod._error_codes.ERROR_CODES`` (code -> name,
+retriable, needs_metadata_refresh, message). :func:`for_code` turns a code into an instance; the classes
+are created from the table at import, and every one is a module attribute (``from aiokprod.errors import
+ProducerFencedError`` works). ``needs_metadata_refresh`` marks the codes meaning stale metadata (the Java
+client's InvalidMetadataException family: UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE,
+NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH, KAFKA_STORAGE_ERROR,
+UNKNOWN_TOPIC_ID, INCONSISTENT_TOPIC_ID).
 """
 from __future__ import annotations
+
+from aiokprod._error_codes import ERROR_CODES
 
 
 class KafkaError(Exception):
@@ -19,3 +50,191 @@ class CorruptFrameError(KafkaError):
 
 class CorruptRecordError(CorruptFrameError):
     """A record batch is malformed: bad CRC, bad magic, truncated, or an impossible length."""
+
+
+class KafkaConnectionError(KafkaError):
+    """A connection to a broker failed, was closed, or broke mid-request. Retriable."""
+
+    retriable = True
+
+
+class KafkaTimeoutError(KafkaError):
+    """A client-side deadline passed (delivery timeout, metadata wait, request timeout).
+
+    Retriable in the Java sense (the condition may clear); whether the caller retries is its choice.
+    Not to be confused with :class:`RequestTimedOutError`, the broker's error code 7.
+    """
+
+    retriable = True
+
+
+class RecordTooLargeError(KafkaError):
+    """Client-side: a record is larger than ``max_request_size`` (or ``buffer_memory``)."""
+
+
+class ProducerClosedError(KafkaError):
+    """The producer is closed (or closing) and cannot accept or deliver the record."""
+
+
+class IllegalStateError(KafkaError):
+    """An operation is not allowed in the current state (e.g. a transaction method out of order)."""
+
+
+class AuthenticationError(KafkaError):
+    """SASL (or TLS) authentication failed. The broker's SASL error codes are subclasses of this."""
+
+
+class BrokerResponseError(KafkaError):
+    """An error code returned by a broker, with the context it applies to.
+
+    Class attributes ``code``, ``name``, ``retriable``, ``needs_metadata_refresh`` and ``description``
+    (the protocol's message for the code) are set on each per-code subclass; instances add
+    ``broker_message`` (the response's error message, if any), ``topic`` and ``partition``.
+    """
+
+    code: int = -1
+    name: str = "UNKNOWN_SERVER_ERROR"
+    retriable = False
+    needs_metadata_refresh = False
+    description = ""
+
+    def __init__(self, broker_message: str | None = None, topic: str | None = None,
+                 partition: int | None = None):
+        self.broker_message = broker_message
+        self.topic = topic
+        self.partition = partition
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.topic is not None:
+            where = f" on {self.topic}" + (f"[{self.partition}]" if self.partition is not None else "")
+        elif self.partition is not None:
+            where = f" on partition {self.partition}"
+        text = f"[Error {self.code}] {self.name}{where}"
+        text += f": {self.broker_message}" if self.broker_message else (
+            f": {self.description}" if self.description else "")
+        flags = []
+        if self.retriable:
+            flags.append("retriable")
+        if self.needs_metadata_refresh:
+            flags.append("needs metadata refresh")
+        if flags:
+            text += f" ({', '.join(flags)})"
+        return text
+
+    def __reduce__(self):
+        return (type(self), (self.broker_message, self.topic, self.partition))
+
+
+def _class_name(name: str) -> str:
+    for suffix in ("_ERROR", "_EXCEPTION"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return "".join(part.capitalize() for part in name.split("_")) + "Error"
+
+
+# Extra bases for codes that belong to a client-side family as well.
+_EXTRA_BASES = {
+    33: (AuthenticationError,),  # UNSUPPORTED_SASL_MECHANISM
+    34: (AuthenticationError,),  # ILLEGAL_SASL_STATE
+    58: (AuthenticationError,),  # SASL_AUTHENTICATION_FAILED
+}
+
+#: code -> BrokerResponseError subclass, for every code of the table except 0 (NONE).
+ERROR_CLASSES: dict[int, type[BrokerResponseError]] = {}
+
+
+def _build_classes() -> None:
+    namespace = globals()
+    for code, (name, retriable, refresh, message) in ERROR_CODES.items():
+        if code == 0:
+            continue
+        cls_name = _class_name(name)
+        cls = type(cls_name, (BrokerResponseError,) + _EXTRA_BASES.get(code, ()), {
+            "__module__": __name__,
+            "__doc__": f"Broker error {code} {name}: {message}",
+            "code": code,
+            "name": name,
+            "retriable": retriable,
+            "needs_metadata_refresh": refresh,
+            "description": message,
+        })
+        ERROR_CLASSES[code] = cls
+        namespace[cls_name] = cls
+
+
+_build_classes()
+
+
+def for_code(code: int, broker_message: str | None = None, topic: str | None = None,
+             partition: int | None = None) -> BrokerResponseError:
+    """The exception instance for a broker error code (an unknown code gets a plain
+    ``BrokerResponseError`` carrying it). Code 0 is not an error: ValueError."""
+    if code == 0:
+        raise ValueError("error code 0 (NONE) is not an error")
+    cls = ERROR_CLASSES.get(code)
+    if cls is not None:
+        return cls(broker_message, topic, partition)
+    # A code newer than our table: keep the code; not retriable (the Java client's choice for
+    # UnknownServerException).
+    err = BrokerResponseError(broker_message, topic, partition)
+    err.code = code
+    err.name = f"UNKNOWN_CODE_{code}"
+    err.args = (str(err),)
+    return err
+
+
+# Names for static analysis and `from aiokprod.errors import X` of the common ones. They are assigned
+# by _build_classes() above; these lines only state them (and fail loudly if the table drops one).
+UnknownServerError = ERROR_CLASSES[-1]
+CorruptMessageError = ERROR_CLASSES[2]
+UnknownTopicOrPartitionError = ERROR_CLASSES[3]
+LeaderNotAvailableError = ERROR_CLASSES[5]
+NotLeaderOrFollowerError = ERROR_CLASSES[6]
+RequestTimedOutError = ERROR_CLASSES[7]
+MessageTooLargeError = ERROR_CLASSES[10]
+NetworkError = ERROR_CLASSES[13]
+CoordinatorLoadInProgressError = ERROR_CLASSES[14]
+CoordinatorNotAvailableError = ERROR_CLASSES[15]
+NotCoordinatorError = ERROR_CLASSES[16]
+InvalidTopicError = ERROR_CLASSES[17]
+RecordListTooLargeError = ERROR_CLASSES[18]
+NotEnoughReplicasError = ERROR_CLASSES[19]
+NotEnoughReplicasAfterAppendError = ERROR_CLASSES[20]
+InvalidRequiredAcksError = ERROR_CLASSES[21]
+TopicAuthorizationFailedError = ERROR_CLASSES[29]
+GroupAuthorizationFailedError = ERROR_CLASSES[30]
+ClusterAuthorizationFailedError = ERROR_CLASSES[31]
+InvalidTimestampError = ERROR_CLASSES[32]
+UnsupportedSaslMechanismError = ERROR_CLASSES[33]
+IllegalSaslStateError = ERROR_CLASSES[34]
+UnsupportedVersionError = ERROR_CLASSES[35]
+TopicAlreadyExistsError = ERROR_CLASSES[36]
+InvalidPartitionsError = ERROR_CLASSES[37]
+InvalidReplicationFactorError = ERROR_CLASSES[38]
+NotControllerError = ERROR_CLASSES[41]
+InvalidRequestError = ERROR_CLASSES[42]
+PolicyViolationError = ERROR_CLASSES[44]
+OutOfOrderSequenceNumberError = ERROR_CLASSES[45]
+DuplicateSequenceNumberError = ERROR_CLASSES[46]
+InvalidProducerEpochError = ERROR_CLASSES[47]
+InvalidTxnStateError = ERROR_CLASSES[48]
+InvalidProducerIdMappingError = ERROR_CLASSES[49]
+InvalidTransactionTimeoutError = ERROR_CLASSES[50]
+ConcurrentTransactionsError = ERROR_CLASSES[51]
+TransactionCoordinatorFencedError = ERROR_CLASSES[52]
+TransactionalIdAuthorizationFailedError = ERROR_CLASSES[53]
+OperationNotAttemptedError = ERROR_CLASSES[55]
+KafkaStorageError = ERROR_CLASSES[56]
+SaslAuthenticationFailedError = ERROR_CLASSES[58]
+UnknownProducerIdError = ERROR_CLASSES[59]
+FencedLeaderEpochError = ERROR_CLASSES[74]
+UnknownLeaderEpochError = ERROR_CLASSES[75]
+UnsupportedCompressionTypeError = ERROR_CLASSES[76]
+InvalidRecordError = ERROR_CLASSES[87]
+ThrottlingQuotaExceededError = ERROR_CLASSES[89]
+ProducerFencedError = ERROR_CLASSES[90]
+UnknownTopicIdError = ERROR_CLASSES[100]
+TransactionalIdNotFoundError = ERROR_CLASSES[105]
+TransactionAbortableError = ERROR_CLASSES[120]
