@@ -229,10 +229,12 @@ def _header_key(key) -> bytes:
 def _encode_headers(headers) -> tuple[int, list]:
     """Headers as ``(count, [bytes pieces...])``: headersCount varint, then per header
     keyLength varint, key (UTF-8), valueLength varint (-1 = null), value."""
-    if not headers:
+    if headers is None:
         return 0, [b"\x00"]
     if not isinstance(headers, (list, tuple)):
         raise TypeError(f"headers must be a list of (str, bytes | None) pairs, not {type(headers).__name__}")
+    if not headers:
+        return 0, [b"\x00"]
     pieces = [_uvarint_bytes(_zigzag(len(headers)))]
     for header in headers:
         if not isinstance(header, tuple) or len(header) != 2:
@@ -259,6 +261,14 @@ def record_size_upper_bound(key, value, headers) -> int:
     size += size_of_varint(klen) + max(klen, 0) + size_of_varint(vlen) + max(vlen, 0)
     size += sum(len(p) for p in hpieces)
     return size
+
+
+def _check_int(value, bits: int, name: str) -> int:
+    value = operator.index(value)
+    limit = 1 << (bits - 1)
+    if not -limit <= value < limit:
+        raise OverflowError(f"{name}={value} does not fit a signed {bits}-bit field")
+    return value
 
 
 class RecordBatchBuilder:
@@ -340,6 +350,10 @@ class RecordBatchBuilder:
               base_sequence: int = -1, transactional: bool = False) -> bytes:
         """The batch as bytes, with header and CRC-32C. Repeating a call with the same arguments (a retry)
         returns the same object; other arguments re-patch the header over the same (compressed) records."""
+        base_offset = _check_int(base_offset, 64, "base_offset")
+        producer_id = _check_int(producer_id, 64, "producer_id")
+        producer_epoch = _check_int(producer_epoch, 16, "producer_epoch")
+        base_sequence = _check_int(base_sequence, 32, "base_sequence")
         key = (base_offset, producer_id, producer_epoch, base_sequence, bool(transactional), self._count)
         if self._built is not None and key == self._built_key:
             return self._built

@@ -1,0 +1,587 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, embedsignature=True
+"""Kafka record-batch codec (magic 2), compiled twin of ``aiokprod._python.codec``.
+
+Same names, signatures and bytes as the Python twin. The builder is the producer's hot path: records are
+written straight into one growable C buffer with the 61-byte batch header reserved at its front and
+back-patched by :meth:`RecordBatchBuilder.build`; an append of bytes key/value without headers creates no
+Python object. Decoding is not on the hot path: it is the Python twin's code, re-exported, so both
+implementations give identical results by construction.
+"""
+cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_CheckExact
+from libc.stdint cimport int16_t, int32_t, int64_t, uint16_t, uint32_t, uint64_t, INT32_MAX, INT64_MAX, INT64_MIN
+from libc.string cimport memcpy, memset
+
+from crc32c import crc32c as _crc32c
+
+from aiokprod._python.codec import Record, RecordBatch, decode_record_batches
+from aiokprod.compression import codec_id, compress
+from aiokprod.errors import CorruptRecordError
+
+__all__ = (
+    "crc32c", "murmur2", "key_partition",
+    "encode_varint", "encode_uvarint", "decode_varint", "decode_uvarint", "size_of_varint", "size_of_uvarint",
+    "record_size_upper_bound", "RecordBatchBuilder", "RecordBatch", "Record", "decode_record_batches",
+    "BATCH_HEADER_SIZE", "RECORD_OVERHEAD_MAX",
+)
+
+# Batch header, big-endian (61 bytes), back-patched by build():
+#   0 baseOffset int64        8 batchLength int32 (bytes after this field)   12 partitionLeaderEpoch int32
+#  16 magic int8 (=2)        17 crc uint32 (CRC-32C of bytes 21..end)         21 attributes int16
+#  23 lastOffsetDelta int32  27 baseTimestamp int64   35 maxTimestamp int64    43 producerId int64
+#  51 producerEpoch int16    53 baseSequence int32    57 recordsCount int32    61 records...
+cdef enum:
+    HEADER_SIZE = 61
+    CRC_OFFSET = 17
+    ATTRIBUTES_OFFSET = 21
+    LOG_OVERHEAD = 12
+    ATTR_TRANSACTIONAL = 0x10
+    # length varint (5) + attributes (1) + timestampDelta varlong (10) + offsetDelta varint (5)
+    OVERHEAD_MAX = 21
+
+BATCH_HEADER_SIZE = HEADER_SIZE
+RECORD_OVERHEAD_MAX = OVERHEAD_MAX
+
+
+def crc32c(data):
+    """CRC-32C (Castagnoli) of a bytes-like object, by the ``crc32c`` package's C code."""
+    return _crc32c(data)
+
+
+# --- small C helpers ----------------------------------------------------------------------------------
+
+cdef inline uint64_t _zigzag(int64_t v) noexcept nogil:
+    # (v << 1) ^ (v >> 63): small negatives become small unsigned values. The shift of a negative signed
+    # value is arithmetic on every compiler CPython supports.
+    return (<uint64_t>v << 1) ^ <uint64_t>(v >> 63)
+
+
+cdef extern from *:
+    """
+    /* Bytes of an unsigned LEB128 varint: one per started group of 7 significant bits (at least 1),
+       computed from the leading-zero count instead of a loop. */
+    static inline int aiokprod_uvarint_size(unsigned long long u) {
+        return (int)((63 - __builtin_clzll(u | 1)) / 7 + 1);
+    }
+    """
+    int aiokprod_uvarint_size(unsigned long long u) noexcept nogil
+
+
+cdef inline int _uvarint_size(uint64_t u) noexcept nogil:
+    return aiokprod_uvarint_size(u)
+
+
+cdef inline char* _put_uvarint(char* p, uint64_t u) noexcept nogil:
+    # LEB128: 7 bits per byte, least significant group first, high bit = "more follows".
+    while u >= 0x80:
+        p[0] = <char>((u & 0x7F) | 0x80)
+        p += 1
+        u >>= 7
+    p[0] = <char>u
+    return p + 1
+
+
+cdef inline void _put_be64(char* p, uint64_t v) noexcept nogil:
+    cdef int i
+    for i in range(8):
+        p[i] = <char>(v >> (56 - 8 * i))
+
+
+cdef inline void _put_be32(char* p, uint32_t v) noexcept nogil:
+    p[0] = <char>(v >> 24)
+    p[1] = <char>(v >> 16)
+    p[2] = <char>(v >> 8)
+    p[3] = <char>v
+
+
+cdef inline void _put_be16(char* p, uint32_t v) noexcept nogil:
+    p[0] = <char>(v >> 8)
+    p[1] = <char>v
+
+
+cdef int _get_view(object obj, Py_buffer* view, str field) except -1:
+    """Borrow ``obj``'s bytes through the buffer protocol; TypeError naming ``field`` if it has none."""
+    try:
+        PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
+    except BufferError:
+        # A non-contiguous buffer (a strided memoryview): take a contiguous copy, as the Python twin does.
+        PyObject_GetBuffer(memoryview(obj).tobytes(), view, PyBUF_SIMPLE)
+    except TypeError:
+        raise TypeError(f"{field} must be bytes-like or None, not {type(obj).__name__}") from None
+    return 0
+
+
+cdef object _to_bytes(object obj, str field):
+    cdef Py_buffer view
+    _get_view(obj, &view, field)
+    try:
+        return PyBytes_FromStringAndSize(<char*>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+
+
+# --- murmur2 ------------------------------------------------------------------------------------------
+
+cdef int32_t _murmur2(const unsigned char* data, Py_ssize_t length) noexcept nogil:
+    # Java's murmur2 works on signed ints with wrapping multiplication and >>>; uint32 arithmetic gives
+    # the same bits, and the final cast gives Java's signed result.
+    cdef uint32_t m = 0x5BD1E995U
+    cdef uint32_t h = (<uint32_t>0x9747B28CU) ^ <uint32_t>length
+    cdef uint32_t k
+    cdef Py_ssize_t i, end4 = length & ~(<Py_ssize_t>3)
+    for i in range(0, end4, 4):
+        k = (<uint32_t>data[i] | (<uint32_t>data[i + 1] << 8) | (<uint32_t>data[i + 2] << 16)
+             | (<uint32_t>data[i + 3] << 24))
+        k *= m
+        k ^= k >> 24
+        k *= m
+        h *= m
+        h ^= k
+    cdef Py_ssize_t rest = length & 3
+    if rest == 3:
+        h ^= <uint32_t>data[end4 + 2] << 16
+    if rest >= 2:
+        h ^= <uint32_t>data[end4 + 1] << 8
+    if rest >= 1:
+        h ^= <uint32_t>data[end4]
+        h *= m
+    h ^= h >> 13
+    h *= m
+    h ^= h >> 15
+    return <int32_t>h
+
+
+cdef int32_t _murmur2_obj(object data) except? -1:
+    cdef Py_buffer view
+    cdef int32_t result
+    if PyBytes_CheckExact(data):
+        return _murmur2(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+    _get_view(data, &view, "murmur2 data")
+    result = _murmur2(<const unsigned char*>view.buf, view.len)
+    PyBuffer_Release(&view)
+    return result
+
+
+def murmur2(data):
+    """The Java client's murmur2 (seed 0x9747b28c), as a signed 32-bit int like Java's ``int``."""
+    return _murmur2_obj(data)
+
+
+def key_partition(key, Py_ssize_t num_partitions):
+    """The Java default partitioner for a keyed record: ``(murmur2(key) & 0x7fffffff) % num_partitions``."""
+    if num_partitions <= 0:
+        raise ValueError(f"num_partitions must be positive, got {num_partitions}")
+    return (<Py_ssize_t>(_murmur2_obj(key) & 0x7FFFFFFF)) % num_partitions
+
+
+# --- varints ------------------------------------------------------------------------------------------
+
+cdef Py_ssize_t _write_uvarint(object buf, Py_ssize_t pos, uint64_t u) except -1:
+    if not isinstance(buf, bytearray):
+        raise TypeError(f"buf must be a bytearray, not {type(buf).__name__}")
+    if pos < 0:
+        raise ValueError(f"pos must be >= 0, got {pos}")
+    cdef int n = _uvarint_size(u)
+    cdef Py_ssize_t old = PyByteArray_GET_SIZE(buf)
+    if pos + n > old:
+        PyByteArray_Resize(buf, pos + n)
+        if pos > old:  # zero the gap, as the Python twin's extend does
+            memset(PyByteArray_AS_STRING(buf) + old, 0, pos - old)
+    _put_uvarint(PyByteArray_AS_STRING(buf) + pos, u)
+    return pos + n
+
+
+def encode_varint(buf, Py_ssize_t pos, int64_t value):
+    """Write ``value`` (signed 64-bit, zig-zag) at ``buf[pos]``, growing ``buf`` if needed; return the end."""
+    return _write_uvarint(buf, pos, _zigzag(value))
+
+
+def encode_uvarint(buf, Py_ssize_t pos, uint64_t value):
+    """Write ``value`` (unsigned 64-bit) at ``buf[pos]``, growing ``buf`` if needed; return the end."""
+    return _write_uvarint(buf, pos, value)
+
+
+cdef uint64_t _read_uvarint(object data, Py_ssize_t* pos) except? 0xFFFFFFFFFFFFFFFF:
+    cdef Py_buffer view
+    cdef const unsigned char* p
+    cdef Py_ssize_t i = pos[0], start = pos[0], end
+    cdef uint64_t result = 0
+    cdef int shift = 0
+    cdef unsigned char b
+    if i < 0:
+        raise ValueError(f"pos must be >= 0, got {i}")
+    _get_view(data, &view, "data")
+    p = <const unsigned char*>view.buf
+    end = view.len
+    try:
+        while True:
+            if i >= end:
+                raise CorruptRecordError(f"varint truncated at byte {i} (started at byte {start})")
+            if shift > 63:
+                raise CorruptRecordError(f"varint at byte {start} is longer than 10 bytes")
+            b = p[i]
+            i += 1
+            # Bits beyond 64 in a 10th byte fall off, as in Java's ByteUtils.
+            result |= (<uint64_t>(b & 0x7F)) << shift
+            if not (b & 0x80):
+                pos[0] = i
+                return result
+            shift += 7
+    finally:
+        PyBuffer_Release(&view)
+
+
+def decode_uvarint(data, Py_ssize_t pos):
+    """Read an unsigned varint at ``data[pos]``: ``(value, new_pos)``; CorruptRecordError if truncated or
+    longer than 10 bytes."""
+    cdef uint64_t u = _read_uvarint(data, &pos)
+    return u, pos
+
+
+def decode_varint(data, Py_ssize_t pos):
+    """Read a zig-zag signed varint at ``data[pos]``: ``(value, new_pos)``."""
+    cdef uint64_t u = _read_uvarint(data, &pos)
+    return <int64_t>((u >> 1) ^ (~(u & 1) + 1)), pos
+
+
+def size_of_varint(int64_t value):
+    return _uvarint_size(_zigzag(value))
+
+
+def size_of_uvarint(uint64_t value):
+    return _uvarint_size(value)
+
+
+# --- records ------------------------------------------------------------------------------------------
+
+cdef object _normalize_headers(object headers):
+    """Validate headers and return a sequence of (str | bytes, bytes | None) pairs; the input itself when
+    it is already in that shape (the common case: no copies)."""
+    cdef Py_ssize_t i, n
+    cdef list out
+    if type(headers) is not list and type(headers) is not tuple:
+        if not isinstance(headers, (list, tuple)):
+            raise TypeError(
+                f"headers must be a list of (str, bytes | None) pairs, not {type(headers).__name__}")
+    n = len(headers)
+    for i in range(n):
+        header = headers[i]
+        if type(header) is tuple and len(<tuple>header) == 2:
+            hkey = (<tuple>header)[0]
+            hval = (<tuple>header)[1]
+            if ((PyUnicode_CheckExact(hkey) or PyBytes_CheckExact(hkey))
+                    and (hval is None or PyBytes_CheckExact(hval))):
+                continue
+        break
+    else:
+        return headers
+    # Slow path: something needs converting (or is wrong); rebuild the whole list.
+    out = []
+    for header in headers:
+        if not isinstance(header, (tuple, list)) or len(header) != 2:
+            raise TypeError(f"each header must be a (str, bytes | None) pair, not {header!r}")
+        hkey, hval = header
+        if isinstance(hkey, str):
+            pass
+        elif isinstance(hkey, (bytes, bytearray, memoryview)):
+            hkey = bytes(hkey)
+        else:
+            raise TypeError(f"header key must be str or bytes, not {type(hkey).__name__}")
+        if hval is not None and not PyBytes_CheckExact(hval):
+            hval = _to_bytes(hval, "header value")
+        out.append((hkey, hval))
+    return out
+
+
+cdef inline const char* _header_key_ptr(object hkey, Py_ssize_t* size) except NULL:
+    if PyBytes_CheckExact(hkey):
+        size[0] = PyBytes_GET_SIZE(hkey)
+        return PyBytes_AS_STRING(hkey)
+    # For str, CPython caches the UTF-8 form in the object (ASCII strings are their own UTF-8): no copy.
+    return PyUnicode_AsUTF8AndSize(hkey, size)
+
+
+cdef Py_ssize_t _headers_size(object headers) except -1:
+    """Bytes of the headers section: headersCount varint, then per header keyLength varint, key (UTF-8),
+    valueLength varint (-1 = null), value."""
+    cdef Py_ssize_t n = len(headers), i, klen, vlen, size
+    size = _uvarint_size(_zigzag(n))
+    for i in range(n):
+        hkey, hval = headers[i]
+        _header_key_ptr(hkey, &klen)
+        vlen = -1 if hval is None else PyBytes_GET_SIZE(hval)
+        size += _uvarint_size(_zigzag(klen)) + klen + _uvarint_size(_zigzag(vlen)) + (vlen if vlen > 0 else 0)
+    return size
+
+
+cdef char* _put_headers(char* p, object headers) except NULL:
+    cdef Py_ssize_t n = len(headers), i, klen, vlen
+    cdef const char* kp
+    p = _put_uvarint(p, _zigzag(n))
+    for i in range(n):
+        hkey, hval = headers[i]
+        kp = _header_key_ptr(hkey, &klen)
+        p = _put_uvarint(p, _zigzag(klen))
+        memcpy(p, kp, klen)
+        p += klen
+        if hval is None:
+            p = _put_uvarint(p, _zigzag(-1))
+        else:
+            vlen = PyBytes_GET_SIZE(hval)
+            p = _put_uvarint(p, _zigzag(vlen))
+            memcpy(p, PyBytes_AS_STRING(hval), vlen)
+            p += vlen
+    return p
+
+
+def record_size_upper_bound(key, value, headers):
+    """Most bytes one record with these fields can take in a batch, plus the 61-byte batch header."""
+    cdef Py_ssize_t klen = -1, vlen = -1, size
+    if key is not None:
+        klen = PyBytes_GET_SIZE(key) if PyBytes_CheckExact(key) else PyBytes_GET_SIZE(_to_bytes(key, "key"))
+    if value is not None:
+        vlen = (PyBytes_GET_SIZE(value) if PyBytes_CheckExact(value)
+                else PyBytes_GET_SIZE(_to_bytes(value, "value")))
+    size = HEADER_SIZE + OVERHEAD_MAX
+    size += _uvarint_size(_zigzag(klen)) + (klen if klen > 0 else 0)
+    size += _uvarint_size(_zigzag(vlen)) + (vlen if vlen > 0 else 0)
+    if headers is None:
+        size += 1
+    else:
+        size += _headers_size(_normalize_headers(headers))
+    return size
+
+
+@cython.final
+cdef class RecordBatchBuilder:
+    """Accumulates records of one magic-2 batch; :meth:`build` freezes it with the producer's fields."""
+
+    cdef char* _buf            # header space (61 bytes) + records, uncompressed
+    cdef Py_ssize_t _len
+    cdef Py_ssize_t _cap
+    cdef Py_ssize_t _batch_size
+    cdef int _codec
+    cdef object _level
+    cdef int32_t _count
+    cdef int64_t _first_ts
+    cdef int64_t _max_ts
+    cdef object _payload       # compressed records, valid while _payload_count == _count
+    cdef int32_t _payload_count
+    cdef object _built         # last build() result, valid for the _b_* arguments and _b_count records
+    cdef int64_t _b_offset
+    cdef int64_t _b_pid
+    cdef int16_t _b_epoch
+    cdef int32_t _b_seq
+    cdef bint _b_txn
+    cdef int32_t _b_count
+
+    def __init__(self, compression="none", Py_ssize_t batch_size=16384, compression_level=None):
+        self._codec = codec_id(compression)
+        self._batch_size = batch_size
+        self._level = None if compression_level is None else int(compression_level)
+        # Room for a full batch up front, so a batch of small records never reallocates.
+        cdef Py_ssize_t cap = batch_size + 256
+        if cap < 1024:
+            cap = 1024
+        elif cap > (1 << 20):
+            cap = 1 << 20
+        self._grow(cap)
+        self._len = HEADER_SIZE
+        self._count = 0
+        self._first_ts = 0
+        self._max_ts = 0
+        self._payload = None
+        self._payload_count = -1
+        self._built = None
+
+    def __dealloc__(self):
+        PyMem_Free(self._buf)
+        self._buf = NULL
+
+    cdef int _grow(self, Py_ssize_t needed) except -1:
+        cdef Py_ssize_t cap = self._cap * 2
+        if cap < needed:
+            cap = needed
+        cdef char* buf = <char*>PyMem_Realloc(self._buf, cap)
+        if buf == NULL:
+            raise MemoryError(f"cannot grow a record batch buffer to {cap} bytes")
+        self._buf = buf
+        self._cap = cap
+        return 0
+
+    def __len__(self):
+        return self._count
+
+    @property
+    def size_in_bytes(self):
+        """Exact uncompressed size of the batch as it stands (61-byte header + records)."""
+        return self._len
+
+    @property
+    def first_timestamp(self):
+        return self._first_ts if self._count else None
+
+    @property
+    def max_timestamp(self):
+        return self._max_ts if self._count else None
+
+    def append(self, int64_t timestamp_ms, key, value, headers=None):
+        """Add one record; False (nothing added) if it would push a non-empty batch past batch_size."""
+        cdef Py_buffer kview, vview
+        cdef const char* kp = NULL
+        cdef const char* vp = NULL
+        cdef Py_ssize_t klen = -1, vlen = -1
+        cdef bint kheld = False, vheld = False
+        cdef int r
+        # Fast path (the producer's common case): bytes or None fields, no headers; read in place, no
+        # buffer views to release, no Python objects made.
+        if ((key is None or PyBytes_CheckExact(key)) and (value is None or PyBytes_CheckExact(value))
+                and headers is None):
+            if key is not None:
+                kp = PyBytes_AS_STRING(key)
+                klen = PyBytes_GET_SIZE(key)
+            if value is not None:
+                vp = PyBytes_AS_STRING(value)
+                vlen = PyBytes_GET_SIZE(value)
+            r = self._append(timestamp_ms, kp, klen, vp, vlen, None)
+            return True if r else False
+        if key is not None:
+            if PyBytes_CheckExact(key):
+                kp = PyBytes_AS_STRING(key)
+                klen = PyBytes_GET_SIZE(key)
+            else:
+                _get_view(key, &kview, "key")
+                kheld = True
+                kp = <const char*>kview.buf
+                klen = kview.len
+        try:
+            if value is not None:
+                if PyBytes_CheckExact(value):
+                    vp = PyBytes_AS_STRING(value)
+                    vlen = PyBytes_GET_SIZE(value)
+                else:
+                    _get_view(value, &vview, "value")
+                    vheld = True
+                    vp = <const char*>vview.buf
+                    vlen = vview.len
+            if headers is not None:
+                headers = _normalize_headers(headers)
+                if len(headers) == 0:
+                    headers = None
+            r = self._append(timestamp_ms, kp, klen, vp, vlen, headers)
+        finally:
+            if kheld:
+                PyBuffer_Release(&kview)
+            if vheld:
+                PyBuffer_Release(&vview)
+        return True if r else False
+
+    cdef int _append(self, int64_t ts, const char* kp, Py_ssize_t klen, const char* vp, Py_ssize_t vlen,
+                     object headers) except -1:
+        # Record layout: length varint (of what follows), attributes int8 (0), timestampDelta varlong,
+        # offsetDelta varint, keyLength varint (-1 = null), key, valueLength varint (-1 = null), value,
+        # headersCount varint, headers.
+        cdef int32_t count = self._count
+        cdef int64_t first = ts if count == 0 else self._first_ts
+        # ts - first overflows int64 only when the signs differ; check before subtracting (UB otherwise).
+        if (ts >= 0 and first < 0 and ts > INT64_MAX + first) or (ts < 0 and first >= 0 and ts < INT64_MIN + first):
+            raise OverflowError(f"timestamp {ts} is too far from the batch's first ({first})")
+        cdef uint64_t zdelta = _zigzag(ts - first)
+        cdef uint64_t zcount = _zigzag(count)
+        cdef uint64_t zklen = _zigzag(klen)
+        cdef uint64_t zvlen = _zigzag(vlen)
+        cdef Py_ssize_t hsize = 1 if headers is None else _headers_size(headers)
+        cdef Py_ssize_t body = (1 + _uvarint_size(zdelta) + _uvarint_size(zcount)
+                                + _uvarint_size(zklen) + (klen if klen > 0 else 0)
+                                + _uvarint_size(zvlen) + (vlen if vlen > 0 else 0) + hsize)
+        cdef Py_ssize_t total = _uvarint_size(_zigzag(body)) + body
+        if count and self._len + total > self._batch_size:
+            return 0
+        if count >= INT32_MAX:
+            return 0  # offset deltas are int32
+        if self._len + total > self._cap:
+            self._grow(self._len + total)
+        cdef char* p = self._buf + self._len
+        p = _put_uvarint(p, _zigzag(body))
+        p[0] = 0
+        p = _put_uvarint(p + 1, zdelta)
+        p = _put_uvarint(p, zcount)
+        p = _put_uvarint(p, zklen)
+        if klen > 0:
+            memcpy(p, kp, klen)
+            p += klen
+        p = _put_uvarint(p, zvlen)
+        if vlen > 0:
+            memcpy(p, vp, vlen)
+            p += vlen
+        if headers is None:
+            p[0] = 0
+            p += 1
+        else:
+            p = _put_headers(p, headers)
+        self._len += total
+        if count == 0:
+            self._first_ts = ts
+            self._max_ts = ts
+        elif ts > self._max_ts:
+            self._max_ts = ts
+        self._count = count + 1
+        return 1
+
+    def build(self, int64_t base_offset=0, int64_t producer_id=-1, int16_t producer_epoch=-1,
+              int32_t base_sequence=-1, bint transactional=False):
+        """The batch as bytes, with header and CRC-32C. Repeating a call with the same arguments (a retry)
+        returns the same object; other arguments re-patch the header over the same (compressed) records."""
+        if (self._built is not None and self._b_count == self._count and self._b_offset == base_offset
+                and self._b_pid == producer_id and self._b_epoch == producer_epoch
+                and self._b_seq == base_sequence and self._b_txn == transactional):
+            return self._built
+        if self._count == 0:
+            raise ValueError("cannot build an empty record batch")
+        if transactional and producer_id < 0:
+            raise ValueError("a transactional batch needs a producer id")
+        cdef object out
+        cdef char* p
+        cdef Py_ssize_t size
+        if self._codec == 0:
+            size = self._len
+            out = PyBytes_FromStringAndSize(NULL, size)
+            p = PyBytes_AS_STRING(out)
+            memcpy(p + HEADER_SIZE, self._buf + HEADER_SIZE, size - HEADER_SIZE)
+        else:
+            if self._payload_count != self._count:
+                self._payload = compress(
+                    self._codec, PyBytes_FromStringAndSize(self._buf + HEADER_SIZE, self._len - HEADER_SIZE),
+                    self._level)
+                self._payload_count = self._count
+            size = HEADER_SIZE + PyBytes_GET_SIZE(self._payload)
+            out = PyBytes_FromStringAndSize(NULL, size)
+            p = PyBytes_AS_STRING(out)
+            memcpy(p + HEADER_SIZE, PyBytes_AS_STRING(self._payload), size - HEADER_SIZE)
+        # ``out`` is new and seen by no one else yet, so writing into it is safe.
+        _put_be64(p, <uint64_t>base_offset)
+        _put_be32(p + 8, <uint32_t>(size - LOG_OVERHEAD))
+        _put_be32(p + 12, <uint32_t>-1)             # partitionLeaderEpoch: the broker sets it
+        p[16] = 2                                   # magic
+        _put_be16(p + ATTRIBUTES_OFFSET, <uint32_t>(self._codec | (ATTR_TRANSACTIONAL if transactional else 0)))
+        _put_be32(p + 23, <uint32_t>(self._count - 1))
+        _put_be64(p + 27, <uint64_t>self._first_ts)
+        _put_be64(p + 35, <uint64_t>self._max_ts)
+        _put_be64(p + 43, <uint64_t>producer_id)
+        _put_be16(p + 51, <uint32_t><uint16_t>producer_epoch)
+        _put_be32(p + 53, <uint32_t>base_sequence)
+        _put_be32(p + 57, <uint32_t>self._count)
+        cdef uint32_t crc = _crc32c(memoryview(out)[ATTRIBUTES_OFFSET:])
+        _put_be32(p + CRC_OFFSET, crc)
+        self._built = out
+        self._b_count = self._count
+        self._b_offset = base_offset
+        self._b_pid = producer_id
+        self._b_epoch = producer_epoch
+        self._b_seq = base_sequence
+        self._b_txn = transactional
+        return out
