@@ -11,7 +11,9 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.long cimport PyLong_Check
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.number cimport PyNumber_Index
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_CheckExact
 from libc.stdint cimport int16_t, int32_t, int64_t, uint16_t, uint32_t, uint64_t, INT32_MAX, INT64_MAX, INT64_MIN
 from libc.string cimport memcpy, memset
@@ -53,6 +55,33 @@ def crc32c(data):
 
 
 # --- small C helpers ----------------------------------------------------------------------------------
+
+# Cython's implicit int conversion truncates floats; the Python twin (operator.index) refuses them. These
+# helpers give the same TypeError and OverflowError in both twins.
+cdef inline int64_t _i64(object o) except? -1:
+    if not PyLong_Check(o):
+        o = PyNumber_Index(o)
+    return <int64_t>o
+
+
+cdef inline uint64_t _u64(object o) except? 0xFFFFFFFFFFFFFFFF:
+    if not PyLong_Check(o):
+        o = PyNumber_Index(o)
+    return <uint64_t>o
+
+
+cdef int64_t _i64_in(object o, int bits, str name) except? -1:
+    cdef int64_t v = _i64(o)
+    cdef int64_t limit = (<int64_t>1) << (bits - 1)
+    if v < -limit or v >= limit:
+        raise OverflowError(f"{name}={v} does not fit a signed {bits}-bit field")
+    return v
+
+
+cdef inline Py_ssize_t _ssize(object o) except? -1:
+    if not PyLong_Check(o):
+        o = PyNumber_Index(o)
+    return <Py_ssize_t>o
 
 cdef inline uint64_t _zigzag(int64_t v) noexcept nogil:
     # (v << 1) ^ (v >> 63): small negatives become small unsigned values. The shift of a negative signed
@@ -171,11 +200,12 @@ def murmur2(data):
     return _murmur2_obj(data)
 
 
-def key_partition(key, Py_ssize_t num_partitions):
+def key_partition(key, num_partitions):
     """The Java default partitioner for a keyed record: ``(murmur2(key) & 0x7fffffff) % num_partitions``."""
-    if num_partitions <= 0:
-        raise ValueError(f"num_partitions must be positive, got {num_partitions}")
-    return (<Py_ssize_t>(_murmur2_obj(key) & 0x7FFFFFFF)) % num_partitions
+    cdef Py_ssize_t n = _ssize(num_partitions)
+    if n <= 0:
+        raise ValueError(f"num_partitions must be positive, got {n}")
+    return (<Py_ssize_t>(_murmur2_obj(key) & 0x7FFFFFFF)) % n
 
 
 # --- varints ------------------------------------------------------------------------------------------
@@ -195,14 +225,14 @@ cdef Py_ssize_t _write_uvarint(object buf, Py_ssize_t pos, uint64_t u) except -1
     return pos + n
 
 
-def encode_varint(buf, Py_ssize_t pos, int64_t value):
+def encode_varint(buf, pos, value):
     """Write ``value`` (signed 64-bit, zig-zag) at ``buf[pos]``, growing ``buf`` if needed; return the end."""
-    return _write_uvarint(buf, pos, _zigzag(value))
+    return _write_uvarint(buf, _ssize(pos), _zigzag(_i64(value)))
 
 
-def encode_uvarint(buf, Py_ssize_t pos, uint64_t value):
+def encode_uvarint(buf, pos, value):
     """Write ``value`` (unsigned 64-bit) at ``buf[pos]``, growing ``buf`` if needed; return the end."""
-    return _write_uvarint(buf, pos, value)
+    return _write_uvarint(buf, _ssize(pos), _u64(value))
 
 
 cdef uint64_t _read_uvarint(object data, Py_ssize_t* pos) except? 0xFFFFFFFFFFFFFFFF:
@@ -235,25 +265,27 @@ cdef uint64_t _read_uvarint(object data, Py_ssize_t* pos) except? 0xFFFFFFFFFFFF
         PyBuffer_Release(&view)
 
 
-def decode_uvarint(data, Py_ssize_t pos):
+def decode_uvarint(data, pos):
     """Read an unsigned varint at ``data[pos]``: ``(value, new_pos)``; CorruptRecordError if truncated or
     longer than 10 bytes."""
-    cdef uint64_t u = _read_uvarint(data, &pos)
-    return u, pos
+    cdef Py_ssize_t p = _ssize(pos)
+    cdef uint64_t u = _read_uvarint(data, &p)
+    return u, p
 
 
-def decode_varint(data, Py_ssize_t pos):
+def decode_varint(data, pos):
     """Read a zig-zag signed varint at ``data[pos]``: ``(value, new_pos)``."""
-    cdef uint64_t u = _read_uvarint(data, &pos)
-    return <int64_t>((u >> 1) ^ (~(u & 1) + 1)), pos
+    cdef Py_ssize_t p = _ssize(pos)
+    cdef uint64_t u = _read_uvarint(data, &p)
+    return <int64_t>((u >> 1) ^ (~(u & 1) + 1)), p
 
 
-def size_of_varint(int64_t value):
-    return _uvarint_size(_zigzag(value))
+def size_of_varint(value):
+    return _uvarint_size(_zigzag(_i64(value)))
 
 
-def size_of_uvarint(uint64_t value):
-    return _uvarint_size(value)
+def size_of_uvarint(value):
+    return _uvarint_size(_u64(value))
 
 
 # --- records ------------------------------------------------------------------------------------------
@@ -379,12 +411,12 @@ cdef class RecordBatchBuilder:
     cdef bint _b_txn
     cdef int32_t _b_count
 
-    def __init__(self, compression="none", Py_ssize_t batch_size=16384, compression_level=None):
+    def __init__(self, compression="none", batch_size=16384, compression_level=None):
         self._codec = codec_id(compression)
-        self._batch_size = batch_size
+        self._batch_size = _ssize(batch_size)
         self._level = None if compression_level is None else int(compression_level)
         # Room for a full batch up front, so a batch of small records never reallocates.
-        cdef Py_ssize_t cap = batch_size + 256
+        cdef Py_ssize_t cap = self._batch_size + 256
         if cap < 1024:
             cap = 1024
         elif cap > (1 << 20):
@@ -429,8 +461,9 @@ cdef class RecordBatchBuilder:
     def max_timestamp(self):
         return self._max_ts if self._count else None
 
-    def append(self, int64_t timestamp_ms, key, value, headers=None):
+    def append(self, timestamp_ms, key, value, headers=None):
         """Add one record; False (nothing added) if it would push a non-empty batch past batch_size."""
+        cdef int64_t ts = _i64(timestamp_ms)
         cdef Py_buffer kview, vview
         cdef const char* kp = NULL
         cdef const char* vp = NULL
@@ -447,7 +480,7 @@ cdef class RecordBatchBuilder:
             if value is not None:
                 vp = PyBytes_AS_STRING(value)
                 vlen = PyBytes_GET_SIZE(value)
-            r = self._append(timestamp_ms, kp, klen, vp, vlen, None)
+            r = self._append(ts, kp, klen, vp, vlen, None)
             return True if r else False
         if key is not None:
             if PyBytes_CheckExact(key):
@@ -472,7 +505,7 @@ cdef class RecordBatchBuilder:
                 headers = _normalize_headers(headers)
                 if len(headers) == 0:
                     headers = None
-            r = self._append(timestamp_ms, kp, klen, vp, vlen, headers)
+            r = self._append(ts, kp, klen, vp, vlen, headers)
         finally:
             if kheld:
                 PyBuffer_Release(&kview)
@@ -532,17 +565,21 @@ cdef class RecordBatchBuilder:
         self._count = count + 1
         return 1
 
-    def build(self, int64_t base_offset=0, int64_t producer_id=-1, int16_t producer_epoch=-1,
-              int32_t base_sequence=-1, bint transactional=False):
+    def build(self, base_offset=0, producer_id=-1, producer_epoch=-1, base_sequence=-1, transactional=False):
         """The batch as bytes, with header and CRC-32C. Repeating a call with the same arguments (a retry)
         returns the same object; other arguments re-patch the header over the same (compressed) records."""
-        if (self._built is not None and self._b_count == self._count and self._b_offset == base_offset
-                and self._b_pid == producer_id and self._b_epoch == producer_epoch
-                and self._b_seq == base_sequence and self._b_txn == transactional):
+        cdef int64_t offset = _i64(base_offset)
+        cdef int64_t pid = _i64(producer_id)
+        cdef int16_t epoch = <int16_t>_i64_in(producer_epoch, 16, "producer_epoch")
+        cdef int32_t seq = <int32_t>_i64_in(base_sequence, 32, "base_sequence")
+        cdef bint txn = True if transactional else False
+        if (self._built is not None and self._b_count == self._count and self._b_offset == offset
+                and self._b_pid == pid and self._b_epoch == epoch
+                and self._b_seq == seq and self._b_txn == txn):
             return self._built
         if self._count == 0:
             raise ValueError("cannot build an empty record batch")
-        if transactional and producer_id < 0:
+        if txn and pid < 0:
             raise ValueError("a transactional batch needs a producer id")
         cdef object out
         cdef char* p
@@ -563,25 +600,25 @@ cdef class RecordBatchBuilder:
             p = PyBytes_AS_STRING(out)
             memcpy(p + HEADER_SIZE, PyBytes_AS_STRING(self._payload), size - HEADER_SIZE)
         # ``out`` is new and seen by no one else yet, so writing into it is safe.
-        _put_be64(p, <uint64_t>base_offset)
+        _put_be64(p, <uint64_t>offset)
         _put_be32(p + 8, <uint32_t>(size - LOG_OVERHEAD))
         _put_be32(p + 12, <uint32_t>-1)             # partitionLeaderEpoch: the broker sets it
         p[16] = 2                                   # magic
-        _put_be16(p + ATTRIBUTES_OFFSET, <uint32_t>(self._codec | (ATTR_TRANSACTIONAL if transactional else 0)))
+        _put_be16(p + ATTRIBUTES_OFFSET, <uint32_t>(self._codec | (ATTR_TRANSACTIONAL if txn else 0)))
         _put_be32(p + 23, <uint32_t>(self._count - 1))
         _put_be64(p + 27, <uint64_t>self._first_ts)
         _put_be64(p + 35, <uint64_t>self._max_ts)
-        _put_be64(p + 43, <uint64_t>producer_id)
-        _put_be16(p + 51, <uint32_t><uint16_t>producer_epoch)
-        _put_be32(p + 53, <uint32_t>base_sequence)
+        _put_be64(p + 43, <uint64_t>pid)
+        _put_be16(p + 51, <uint32_t><uint16_t>epoch)
+        _put_be32(p + 53, <uint32_t>seq)
         _put_be32(p + 57, <uint32_t>self._count)
         cdef uint32_t crc = _crc32c(memoryview(out)[ATTRIBUTES_OFFSET:])
         _put_be32(p + CRC_OFFSET, crc)
         self._built = out
         self._b_count = self._count
-        self._b_offset = base_offset
-        self._b_pid = producer_id
-        self._b_epoch = producer_epoch
-        self._b_seq = base_sequence
-        self._b_txn = transactional
+        self._b_offset = offset
+        self._b_pid = pid
+        self._b_epoch = epoch
+        self._b_seq = seq
+        self._b_txn = txn
         return out
