@@ -1,0 +1,89 @@
+"""``python -m aiokprod``: the main job. Starts the embedded broker (unless ``--bootstrap`` names one),
+produces records, keyed and keyless, and prints where they went.
+
+    python -m aiokprod                     # embedded broker, 10,000 records
+    python -m aiokprod --bootstrap host:9092 --topic demo --count 1000
+    python -m aiokprod info                # which implementation (native or python) is loaded
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import sys
+import time
+
+
+def _info() -> int:
+    from . import _impl, codec, handle
+
+    print(f"aiokprod codec: {codec.IMPLEMENTATION}, handle: {handle.IMPLEMENTATION}")
+    for name, error in _impl.LOAD_ERRORS.items():
+        print(f"  native {name} did not load: {error}")
+    return 0
+
+
+async def _produce(bootstrap: str, topic: str, count: int, compression: str, use_uvloop: bool) -> None:
+    from . import Producer, codec
+
+    started = time.perf_counter()
+    async with Producer(bootstrap, compression_type=compression, linger_ms=5) as producer:
+        first = await producer.send_and_wait(topic, b"hello from aiokprod", key=b"greeting")
+        print(f"first record -> topic {first.topic} partition {first.partition} offset {first.offset}")
+        handles = []
+        for i in range(count):
+            key = f"user-{i % 10}".encode() if i % 2 == 0 else None
+            handles.append(await producer.send(topic, f"record {i}".encode(), key=key))
+        results = await asyncio.gather(*handles)
+        elapsed = time.perf_counter() - started
+        per_partition = collections.Counter(meta.partition for meta in results)
+        offsets = collections.defaultdict(list)
+        for meta in results:
+            offsets[meta.partition].append(meta.offset)
+        print(f"sent {len(results)} records to {topic!r} in {elapsed:.2f}s "
+              f"({len(results) / elapsed:,.0f} records/s, codec {codec.IMPLEMENTATION}, "
+              f"compression {compression}, loop {'uvloop' if use_uvloop else 'asyncio'})")
+        for partition in sorted(per_partition):
+            print(f"  partition {partition}: {per_partition[partition]} records, offsets "
+                  f"{min(offsets[partition])}..{max(offsets[partition])}")
+        metrics = producer.metrics()
+        print(f"  batches {metrics['batches_sent']}, requests {metrics['requests_sent']}, "
+              f"avg request latency {metrics['request_latency_avg_ms']:.2f} ms")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aiokprod", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="produce", choices=("produce", "info"))
+    parser.add_argument("--bootstrap", help="host:port of a broker; default: start the embedded broker")
+    parser.add_argument("--topic", default="aiokprod-demo")
+    parser.add_argument("--count", type=int, default=10000)
+    parser.add_argument("--compression", default="none", choices=("none", "gzip", "snappy", "lz4", "zstd"))
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        return _info()
+    broker = None
+    bootstrap = args.bootstrap
+    if bootstrap is None:
+        from .testing import EmbeddedBroker
+
+        broker = EmbeddedBroker().start()
+        bootstrap = broker.bootstrap
+        print(f"embedded broker (Tansu) listening on {bootstrap}")
+    try:
+        coroutine = _produce(bootstrap, args.topic, args.count, args.compression, args.uvloop)
+        if args.uvloop:
+            import uvloop
+
+            uvloop.run(coroutine)
+        else:
+            asyncio.run(coroutine)
+    finally:
+        if broker is not None:
+            broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""The record accumulator: per-partition queues of batches, bounded by ``buffer_memory``. No I/O, no loop.
+
+A record travels: ``append`` puts it in the open batch of its partition (the native ``RecordBatchBuilder``
+holds its bytes, the batch's ``BatchCompletion`` hands out its delivery handle). A batch is *ready* when it is
+full, has lingered ``linger_ms``, or a flush asked for it. The sender asks ``ready()`` which partitions can
+go, then ``drain()`` for each leader: drain is where a batch is closed, gets its producer id, epoch and
+sequence, and its bytes are built once (``ProducerBatch.freeze``). A retried batch keeps its sequence and its
+bytes, and goes back to the *front* of its partition queue in sequence order.
+
+Memory: every record reserves an estimate of its size before it is appended and the whole batch's
+reservation is released when the batch completes. When the buffer is full, senders queue in FIFO order
+(``wait_for_memory``) and are granted memory in that order as it frees, so thousands of blocked senders wake
+one by one, not as a herd, and a late arrival cannot overtake them.
+"""
+from __future__ import annotations
+
+import collections
+import time
+from typing import Callable, Optional
+
+from .codec import RecordBatchBuilder
+
+
+class ProducerBatch:
+    """One batch for one partition: its builder, its completion, and its delivery state."""
+
+    __slots__ = (
+        "topic", "partition", "builder", "completion", "created", "reserved", "attempts", "closed",
+        "producer_id", "producer_epoch", "base_sequence", "transactional", "payload", "retry_at",
+        "deadline", "ever_sent", "record_count",
+    )
+
+    def __init__(self, topic: str, partition: int, builder, completion, now: float, deadline: float) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.builder = builder
+        self.completion = completion
+        self.created = now
+        self.deadline = deadline
+        self.reserved = 0
+        self.attempts = 0
+        self.closed = False
+        self.producer_id = -1
+        self.producer_epoch = -1
+        self.base_sequence = -1
+        self.transactional = False
+        self.payload = None
+        self.retry_at = 0.0
+        # True once a request carrying it may have reached the broker: its outcome can then be unknown.
+        self.ever_sent = False
+        self.record_count = 0
+
+    def freeze(self, producer_id: int, producer_epoch: int, base_sequence: int, transactional: bool) -> None:
+        """Fix the producer fields and build the bytes (once; a retry with the same fields reuses them)."""
+        if (
+            self.payload is not None
+            and self.producer_id == producer_id
+            and self.producer_epoch == producer_epoch
+            and self.base_sequence == base_sequence
+        ):
+            return
+        self.closed = True
+        self.record_count = len(self.builder)
+        self.producer_id = producer_id
+        self.producer_epoch = producer_epoch
+        self.base_sequence = base_sequence
+        self.transactional = transactional
+        self.payload = self.builder.build(0, producer_id, producer_epoch, base_sequence, transactional)
+
+    def __repr__(self) -> str:
+        return (f"<ProducerBatch {self.topic}-{self.partition} records={len(self.builder)} "
+                f"seq={self.base_sequence} attempts={self.attempts}>")
+
+
+class PartitionQueue:
+    """The batches of one partition, oldest first, and its idempotence sequence state."""
+
+    __slots__ = ("topic", "partition", "batches", "in_flight", "next_sequence", "blocked")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.batches: collections.deque[ProducerBatch] = collections.deque()
+        self.in_flight = 0
+        self.next_sequence = 0
+        # Set after a retriable failure: nothing more is drained until every in-flight batch of this partition
+        # came back, so retried batches go out again in sequence order (no reordering, no gaps).
+        self.blocked = False
+
+
+class MemoryWaiter:
+    __slots__ = ("size", "future")
+
+    def __init__(self, size: int, future) -> None:
+        self.size = size
+        self.future = future
+
+
+class RecordAccumulator:
+    def __init__(
+        self,
+        *,
+        batch_size: int,
+        compression: str,
+        compression_level: Optional[int],
+        linger_ms: float,
+        buffer_memory: int,
+        delivery_timeout_ms: int,
+        completion_factory: Callable,
+        on_wakeup: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.batch_size = batch_size
+        self.compression = compression
+        self.compression_level = compression_level
+        self.linger = linger_ms / 1000.0
+        self.buffer_memory = buffer_memory
+        self.delivery_timeout = delivery_timeout_ms / 1000.0
+        self.completion_factory = completion_factory
+        self.on_wakeup = on_wakeup
+        self.clock = clock
+        self.queues: dict[tuple, PartitionQueue] = {}
+        self.used = 0
+        self.waiters: collections.deque[MemoryWaiter] = collections.deque()
+        self.flushing = 0
+        self.closed = False
+
+    # -- memory -------------------------------------------------------------------------------------------
+    def try_reserve(self, size: int) -> bool:
+        """Take ``size`` bytes at once if nobody is queued before us and they fit."""
+        if self.waiters or self.used + size > self.buffer_memory:
+            return False
+        self.used += size
+        return True
+
+    def enqueue_waiter(self, size: int, future) -> MemoryWaiter:
+        waiter = MemoryWaiter(size, future)
+        self.waiters.append(waiter)
+        self._grant()
+        return waiter
+
+    def abandon_waiter(self, waiter: MemoryWaiter) -> None:
+        """The waiting sender gave up (timeout or cancel): give back what it may have been granted."""
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            # Already granted: its reservation is ours to return.
+            if waiter.future.done() and not waiter.future.cancelled():
+                self.release(waiter.size)
+            return
+        self._grant()
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        if self.waiters:
+            self._grant()
+
+    def _grant(self) -> None:
+        while self.waiters:
+            waiter = self.waiters[0]
+            if waiter.future.done():  # cancelled while queued
+                self.waiters.popleft()
+                continue
+            if self.used + waiter.size > self.buffer_memory:
+                return
+            self.waiters.popleft()
+            self.used += waiter.size
+            waiter.future.set_result(None)
+
+    # -- appending ----------------------------------------------------------------------------------------
+    def append(self, topic: str, partition: int, timestamp_ms: int, key, value, headers, reserved: int):
+        """Append one record whose memory was reserved; return its delivery handle."""
+        queue = self.queues.get((topic, partition))
+        if queue is None:
+            queue = self.queues[(topic, partition)] = PartitionQueue(topic, partition)
+        batches = queue.batches
+        if batches:
+            batch = batches[-1]
+            if not batch.closed and batch.builder.append(timestamp_ms, key, value, headers):
+                batch.reserved += reserved
+                return batch.completion.add(timestamp_ms)
+            if not batch.closed:
+                # Full: it is ready now, whatever linger_ms says.
+                batch.closed = True
+        batch = self._new_batch(topic, partition)
+        batches.append(batch)
+        batch.builder.append(timestamp_ms, key, value, headers)
+        batch.reserved += reserved
+        handle = batch.completion.add(timestamp_ms)
+        self.on_wakeup()
+        return handle
+
+    def _new_batch(self, topic: str, partition: int) -> ProducerBatch:
+        now = self.clock()
+        builder = RecordBatchBuilder(self.compression, self.batch_size, self.compression_level)
+        return ProducerBatch(topic, partition, builder, self.completion_factory(topic, partition), now,
+                             now + self.delivery_timeout)
+
+    # -- readiness and draining ---------------------------------------------------------------------------
+    def ready(self, now: float, sendable: Callable[[PartitionQueue], bool]):
+        """Return (ready queues, seconds until the next batch may become ready or None)."""
+        ready = []
+        next_check = None
+        linger = self.linger
+        force = self.flushing > 0 or self.closed
+        for queue in self.queues.values():
+            if not queue.batches or queue.blocked or not sendable(queue):
+                continue
+            batch = queue.batches[0]
+            if batch.retry_at > now:
+                wait = batch.retry_at - now
+            elif force or batch.closed or len(queue.batches) > 1:
+                ready.append(queue)
+                continue
+            else:
+                wait = batch.created + linger - now
+                if wait <= 0:
+                    ready.append(queue)
+                    continue
+            if next_check is None or wait < next_check:
+                next_check = wait
+        return ready, next_check
+
+    def requeue(self, batch: ProducerBatch, retry_at: float) -> None:
+        """Put a batch back for a retry, in front of newer batches and in sequence order."""
+        queue = self.queues[(batch.topic, batch.partition)]
+        batch.retry_at = retry_at
+        batches = queue.batches
+        index = 0
+        if batch.base_sequence >= 0:
+            while (index < len(batches) and batches[index].payload is not None
+                   and 0 <= batches[index].base_sequence < batch.base_sequence):
+                index += 1
+        batches.insert(index, batch)
+
+    def batch_done(self, batch: ProducerBatch) -> None:
+        self.release(batch.reserved)
+        batch.reserved = 0
+
+    def expired(self, now: float) -> list:
+        """Remove and return queued batches past their delivery deadline (never ones in flight)."""
+        result = []
+        for queue in self.queues.values():
+            batches = queue.batches
+            while batches and batches[0].deadline <= now:
+                result.append(batches.popleft())
+        return result
+
+    def all_batches(self):
+        for queue in self.queues.values():
+            yield from queue.batches
+
+    def has_unsent(self) -> bool:
+        return any(queue.batches for queue in self.queues.values())
+
+    def reset_sequences(self) -> None:
+        """A new producer id: every partition starts again at sequence 0, unsent batches get new numbers."""
+        for queue in self.queues.values():
+            queue.next_sequence = 0
+            for batch in queue.batches:
+                batch.base_sequence = -1
+                batch.payload = None

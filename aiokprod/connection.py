@@ -1,0 +1,328 @@
+"""One asyncio connection to one broker: framing, correlation ids, pipelining, timeouts, TLS and SASL.
+
+Requests are written as soon as they are made and answered in order (Kafka answers a connection's requests
+in the order it received them), so the pending requests are a FIFO and a response must carry the correlation
+id at its head; anything else means the stream is corrupt and the connection is closed. There is no task per
+request: ``data_received`` cuts frames and resolves each request's future directly.
+
+A request that times out leaves the stream in an unknown state (its answer may still come, and would be taken
+for the next request's), so, like the Java client, a timeout closes the connection and fails every request
+pending on it with ``RequestTimedOutError``-like ``KafkaConnectionError``; the caller decides whether to retry.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import Optional
+
+from . import errors
+from .protocol import ApiVersionsRequest, ApiVersionsResponse, SaslAuthenticateRequest, SaslAuthenticateResponse
+from .protocol import SaslHandshakeRequest, SaslHandshakeResponse
+from .protocol.framing import decode_response_header, encode_request, request_header_version, response_header_version
+
+log = logging.getLogger("aiokprod.connection")
+
+# A response frame bigger than this is taken as a corrupt length rather than an allocation to make.
+MAX_FRAME_SIZE = 512 * 1024 * 1024
+
+# The versions of each API this client can encode, lowest and highest (from the generated classes).
+CLIENT_VERSIONS = {}
+
+
+class _Pending:
+    __slots__ = ("correlation_id", "future", "response_class", "version", "header_version", "deadline", "sent_at")
+
+    def __init__(self, correlation_id, future, response_class, version, header_version, deadline, sent_at):
+        self.correlation_id = correlation_id
+        self.future = future
+        self.response_class = response_class
+        self.version = version
+        self.header_version = header_version
+        self.deadline = deadline
+        self.sent_at = sent_at
+
+
+class BrokerConnection(asyncio.Protocol):
+    """Use ``await BrokerConnection.open(...)``; then ``request(...)`` returns a future of the response."""
+
+    def __init__(self, host: str, port: int, *, node_id: int = -1, client_id: str = "aiokprod",
+                 request_timeout_ms: int = 30000, ssl_context=None, sasl_mechanism: Optional[str] = None,
+                 sasl_username: Optional[str] = None, sasl_password: Optional[str] = None) -> None:
+        self.host = host
+        self.port = port
+        self.node_id = node_id
+        self.client_id = client_id
+        self.request_timeout = request_timeout_ms / 1000.0
+        self.ssl_context = ssl_context
+        self.sasl_mechanism = sasl_mechanism
+        self.sasl_username = sasl_username
+        self.sasl_password = sasl_password
+        self.api_versions: dict[int, tuple[int, int]] = {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._transport: Optional[asyncio.Transport] = None
+        self._buffer = bytearray()
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._next_correlation_id = 0
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._closed_exc: Optional[BaseException] = None
+        self._close_waiter: Optional[asyncio.Future] = None
+        self._write_paused = False
+        self._drain_waiters: list = []
+        self.on_close = None  # callable(connection, exc), set by the owner (the cluster)
+
+    def __repr__(self) -> str:
+        return f"<BrokerConnection node={self.node_id} {self.host}:{self.port}>"
+
+    # -- opening ------------------------------------------------------------------------------------------
+    @classmethod
+    async def open(cls, host: str, port: int, *, connect_timeout_ms: Optional[int] = None, **kwargs) -> "BrokerConnection":
+        connection = cls(host, port, **kwargs)
+        timeout = (connect_timeout_ms / 1000.0) if connect_timeout_ms else connection.request_timeout
+        try:
+            await asyncio.wait_for(connection._open(), timeout)
+        except asyncio.TimeoutError:
+            connection.close(errors.KafkaConnectionError(f"timed out connecting to {host}:{port} after {timeout:.1f}s"))
+            raise errors.KafkaConnectionError(f"timed out connecting to {host}:{port} after {timeout:.1f}s") from None
+        except errors.KafkaError:
+            connection.close()
+            raise
+        except OSError as exc:
+            connection.close()
+            raise errors.KafkaConnectionError(f"cannot connect to {host}:{port}: {exc}") from exc
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    async def _open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._close_waiter = self._loop.create_future()
+        await self._loop.create_connection(
+            lambda: self, self.host, self.port, ssl=self.ssl_context,
+            server_hostname=self.host if self.ssl_context is not None else None,
+        )
+        await self._negotiate_versions()
+        if self.sasl_mechanism:
+            await self._authenticate()
+
+    async def _negotiate_versions(self) -> None:
+        # ApiVersions v3 carries the client's name; brokers that do not know v3 answer with error 35 and
+        # their own range in a v0 body, after which v0 is what we speak.
+        response = await self.request(ApiVersionsRequest(client_software_name="aiokprod",
+                                                         client_software_version="0.1.0"), 3)
+        if response.error_code == 35:
+            response = await self.request(ApiVersionsRequest(), 0)
+        if response.error_code:
+            raise errors.for_code(response.error_code, "ApiVersions failed")
+        self.api_versions = {item.api_key: (item.min_version, item.max_version) for item in response.api_keys}
+
+    async def _authenticate(self) -> None:
+        from .sasl import create_mechanism
+
+        mechanism = create_mechanism(self.sasl_mechanism, self.sasl_username, self.sasl_password)
+        handshake = await self.request(SaslHandshakeRequest(mechanism=mechanism.name),
+                                       self.version_for(SaslHandshakeRequest, 1, 1))
+        if handshake.error_code:
+            raise errors.AuthenticationError(
+                f"broker {self.host}:{self.port} refused SASL mechanism {mechanism.name}: "
+                f"error {handshake.error_code}, it offers {handshake.mechanisms}")
+        version = self.version_for(SaslAuthenticateRequest)
+        token = mechanism.initial_response()
+        while token is not None:
+            answer = await self.request(SaslAuthenticateRequest(auth_bytes=token), version)
+            if answer.error_code:
+                raise errors.AuthenticationError(
+                    f"SASL {mechanism.name} authentication to {self.host}:{self.port} failed: "
+                    f"{answer.error_message or answer.error_code}")
+            token = mechanism.evaluate(answer.auth_bytes or b"")
+            if token is None or mechanism.complete:
+                break
+
+    def version_for(self, message_class, low: Optional[int] = None, high: Optional[int] = None) -> int:
+        """The highest version both sides support for this API (optionally capped to ``[low, high]``)."""
+        client_low, client_high = message_class.VALID_VERSIONS
+        if low is not None:
+            client_low = max(client_low, low)
+        if high is not None:
+            client_high = min(client_high, high)
+        broker = self.api_versions.get(message_class.API_KEY)
+        if broker is None:
+            raise errors.UnsupportedVersionError(
+                f"broker {self.host}:{self.port} does not support {message_class.__name__[:-7]} (api key {message_class.API_KEY})")
+        version = min(client_high, broker[1])
+        if version < max(client_low, broker[0]):
+            raise errors.UnsupportedVersionError(
+                f"no common version of {message_class.__name__[:-7]}: client {client_low}-{client_high}, "
+                f"broker {self.host}:{self.port} {broker[0]}-{broker[1]}")
+        return version
+
+    # -- requests -----------------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed_exc is not None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def next_correlation_id(self) -> int:
+        correlation_id = self._next_correlation_id
+        self._next_correlation_id = (correlation_id + 1) & 0x7FFFFFFF
+        return correlation_id
+
+    def request(self, message, version: int, *, expect_response: bool = True, timeout: Optional[float] = None):
+        """Send ``message`` at ``version``; return a future of the decoded response (or None if no response)."""
+        correlation_id = self.next_correlation_id()
+        frame = encode_request(message, version, correlation_id, self.client_id)
+        return self.send_frame([frame], correlation_id, message.API_KEY, version,
+                               response_class=RESPONSE_CLASSES[message.API_KEY] if expect_response else None,
+                               timeout=timeout)
+
+    def send_frame(self, buffers, correlation_id: int, api_key: int, version: int, *, response_class,
+                   timeout: Optional[float] = None):
+        """Write a pre-encoded request (a list of buffers) and register for its response."""
+        loop = self._loop
+        future = loop.create_future()
+        if self._closed_exc is not None:
+            future.set_exception(self._closed_exc)
+            return future
+        self._transport.writelines(buffers)
+        if response_class is None:
+            future.set_result(None)
+            return future
+        now = time.monotonic()
+        deadline = now + (timeout if timeout is not None else self.request_timeout)
+        self._pending.append(_Pending(correlation_id, future, response_class, version,
+                                      response_header_version(api_key, version), deadline, now))
+        if self._timer is None:
+            self._arm_timer()
+        return future
+
+    def _arm_timer(self) -> None:
+        if self._pending:
+            delay = max(0.0, self._pending[0].deadline - time.monotonic())
+            self._timer = self._loop.call_later(delay, self._check_timeouts)
+        else:
+            self._timer = None
+
+    def _check_timeouts(self) -> None:
+        self._timer = None
+        if self._pending and self._pending[0].deadline <= time.monotonic() + 0.001:
+            head = self._pending[0]
+            self.close(errors.KafkaTimeoutError(
+                f"request to {self.host}:{self.port} (node {self.node_id}) got no answer within "
+                f"{head.deadline - head.sent_at:.1f}s; connection closed"))
+            return
+        self._arm_timer()
+
+    async def wait_writable(self) -> None:
+        """Wait while the transport's write buffer is above its high-water mark."""
+        if self._write_paused and self._closed_exc is None:
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        end = len(buffer)
+        while end - start >= 4:
+            size = int.from_bytes(buffer[start:start + 4], "big", signed=True)
+            if size < 4 or size > MAX_FRAME_SIZE:
+                self.close(errors.CorruptFrameError(
+                    f"impossible response size {size} from {self.host}:{self.port}"))
+                return
+            if end - start - 4 < size:
+                break
+            # A copy: decoded responses may keep slices of it, and the receive buffer is reused.
+            frame = bytes(buffer[start + 4:start + 4 + size])
+            start += 4 + size
+            try:
+                self._handle_frame(frame)
+            except Exception as exc:  # a bug must not leave requests hanging: close and fail them
+                log.exception("cannot handle a response from %s:%s", self.host, self.port)
+                self.close(errors.CorruptFrameError(f"cannot handle a response from {self.host}:{self.port}: {exc!r}"))
+            if self._closed_exc is not None:
+                return
+        if start:
+            del buffer[:start]
+
+    def _handle_frame(self, frame: bytes) -> None:
+        if not self._pending:
+            self.close(errors.CorruptFrameError(f"unexpected response from {self.host}:{self.port}: nothing pending"))
+            return
+        pending = self._pending.popleft()
+        try:
+            correlation_id, offset = decode_response_header(frame, pending.header_version)
+            if correlation_id != pending.correlation_id:
+                raise errors.CorruptFrameError(
+                    f"response correlation id {correlation_id} from {self.host}:{self.port}, "
+                    f"expected {pending.correlation_id}")
+            response = pending.response_class.decode(memoryview(frame)[offset:], pending.version)
+        except errors.CorruptFrameError as exc:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+            self.close(exc)
+            return
+        if not pending.future.done():
+            pending.future.set_result(response)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain_waiters()
+
+    def _wake_drain_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def connection_lost(self, exc) -> None:
+        self.close(errors.KafkaConnectionError(
+            f"connection to {self.host}:{self.port} (node {self.node_id}) lost" + (f": {exc}" if exc else "")))
+
+    def close(self, exc: Optional[BaseException] = None) -> None:
+        """Close and fail every pending request with ``exc`` (a connection error by default)."""
+        if self._closed_exc is not None:
+            return
+        self._closed_exc = exc or errors.KafkaConnectionError(
+            f"connection to {self.host}:{self.port} (node {self.node_id}) closed")
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._transport.abort()
+        pending, self._pending = self._pending, collections.deque()
+        for item in pending:
+            if not item.future.done():
+                item.future.set_exception(self._closed_exc)
+        self._wake_drain_waiters()
+        if self._close_waiter is not None and not self._close_waiter.done():
+            self._close_waiter.set_result(None)
+        if self.on_close is not None:
+            callback, self.on_close = self.on_close, None
+            callback(self, self._closed_exc)
+
+
+def _response_classes() -> dict:
+    from . import protocol
+
+    table = {}
+    for name in dir(protocol):
+        obj = getattr(protocol, name)
+        if name.endswith("Response") and hasattr(obj, "API_KEY") and hasattr(obj, "decode"):
+            table[obj.API_KEY] = obj
+    return table
+
+
+RESPONSE_CLASSES = _response_classes()

@@ -1,0 +1,248 @@
+"""The public ``Producer``: builds its parts from a ``ProducerConfig`` and does no I/O of its own.
+
+``send()`` serializes, partitions and appends a record to the accumulator and returns the record's delivery
+handle (awaitable, resolving to ``RecordMetadata``). It awaits only when it must: for the metadata of a topic
+it has not seen, or for room in ``buffer_memory``. The sender task does everything else.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from typing import Optional
+
+from . import errors
+from .accumulator import RecordAccumulator
+from .cluster import Cluster
+from .codec import record_size_upper_bound
+from .config import ProducerConfig
+from .handle import BatchCompletion
+from .interceptors import InterceptorChain, ProducerRecord
+from .metrics import ProducerMetrics
+from .partitioner import make_partitioner
+from .sender import Sender
+from .serializers import check_bytes
+
+log = logging.getLogger("aiokprod.producer")
+
+
+class State(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Producer:
+    """An asyncio Kafka producer. Build it anywhere (no loop needed); it binds to the loop in ``start()``."""
+
+    def __init__(self, bootstrap_servers="127.0.0.1:9092", **config) -> None:
+        self.config = ProducerConfig(bootstrap_servers=bootstrap_servers, **config)
+        self._init_parts()
+
+    @classmethod
+    def from_config(cls, settings: dict) -> "Producer":
+        """Build from a dict of keyword names or Java/librdkafka dotted names (``linger.ms``, ...)."""
+        producer = cls.__new__(cls)
+        producer.config = ProducerConfig.from_dict(settings)
+        producer._init_parts()
+        return producer
+
+    def _init_parts(self) -> None:
+        config = self.config
+        self._state = State.NEW
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._partitioner = make_partitioner(config.partitioner, config.batch_size)
+        self._interceptors = InterceptorChain(config.interceptors)
+        self._key_serializer = config.key_serializer
+        self._value_serializer = config.value_serializer
+        self._max_block = config.max_block_ms / 1000.0
+        self._cluster: Optional[Cluster] = None
+        self._accumulator: Optional[RecordAccumulator] = None
+        self._sender: Optional[Sender] = None
+        self._metrics = ProducerMetrics(config.buffer_memory, lambda: self._accumulator.used if self._accumulator else 0)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._state is not State.NEW:
+            raise errors.IllegalStateError(f"start() on a producer that is {self._state.value}")
+        self._state = State.STARTING
+        loop = self._loop = asyncio.get_running_loop()
+        config = self.config
+        self._cluster = Cluster(config, on_change=self._wakeup_sender)
+        self._accumulator = RecordAccumulator(
+            batch_size=config.batch_size,
+            compression=config.compression_type,
+            compression_level=config.compression_level,
+            linger_ms=config.linger_ms,
+            buffer_memory=config.buffer_memory,
+            delivery_timeout_ms=config.delivery_timeout_ms,
+            completion_factory=lambda topic, partition: BatchCompletion(loop, topic, partition),
+            on_wakeup=self._wakeup_sender,
+        )
+        self._sender = Sender(config, self._cluster, self._accumulator, self._metrics)
+        try:
+            await self._cluster.bootstrap()
+        except BaseException:
+            self._state = State.CLOSED
+            await self._cluster.close()
+            raise
+        self._sender.start()
+        self._state = State.RUNNING
+
+    def _wakeup_sender(self) -> None:
+        if self._sender is not None:
+            self._sender.wakeup()
+
+    async def stop(self, timeout: Optional[float] = None) -> None:
+        """Flush what is buffered (within ``timeout``, default ``stop_timeout_ms``), then close.
+
+        Every record not delivered by then fails with ``ProducerClosedError``; every task ends.
+        """
+        if self._state in (State.CLOSING, State.CLOSED):
+            return
+        if self._state is State.NEW:
+            self._state = State.CLOSED
+            return
+        self._state = State.CLOSING
+        if timeout is None:
+            timeout = self.config.stop_timeout_ms / 1000.0
+        try:
+            await self._flush(timeout)
+        except asyncio.TimeoutError:
+            log.warning("stop(): records still undelivered after %.1fs; failing them", timeout)
+        except Exception as exc:  # noqa: BLE001 - stop must close whatever flush says
+            log.warning("stop(): flush failed: %s", exc)
+        finally:
+            await self._sender.close(errors.ProducerClosedError("producer stopped before the record was delivered"))
+            await self._cluster.close()
+            self._interceptors.close()
+            self._state = State.CLOSED
+
+    async def __aenter__(self) -> "Producer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.stop()
+
+    # -- sending ------------------------------------------------------------------------------------------
+    async def send(self, topic: str, value=None, key=None, partition: Optional[int] = None,
+                   timestamp_ms: Optional[int] = None, headers=None):
+        """Append a record; return its delivery handle (await it for ``RecordMetadata``)."""
+        if self._state is not State.RUNNING:
+            raise errors.ProducerClosedError(f"send() to {topic!r} on a producer that is {self._state.value}")
+        if self._interceptors:
+            record = self._interceptors.on_send(ProducerRecord(topic, value, key, partition, timestamp_ms, headers))
+            topic, value, key, partition, timestamp_ms, headers = record
+        if type(topic) is not str or not topic:
+            raise TypeError(f"topic must be a non-empty str, got {topic!r}")
+        key_bytes = self._key_serializer(key) if self._key_serializer is not None else check_bytes(
+            "key", topic, key, "key_serializer")
+        value_bytes = self._value_serializer(value) if self._value_serializer is not None else check_bytes(
+            "value", topic, value, "value_serializer")
+        info = self._cluster.topics.get(topic)
+        if info is None:
+            info = await self._cluster.wait_for_topic(topic, self._max_block)
+        num_partitions = info.num_partitions
+        if partition is None:
+            partition = self._partitioner.partition(topic, key_bytes, num_partitions)
+            if type(partition) is not int or not 0 <= partition < num_partitions:
+                raise ValueError(f"partitioner returned partition {partition!r} for topic {topic!r}, "
+                                 f"which has partitions 0..{num_partitions - 1}")
+        elif type(partition) is not int or not 0 <= partition < num_partitions:
+            raise ValueError(f"partition {partition!r} out of range for topic {topic!r}, "
+                             f"which has {num_partitions} partition(s) (0..{num_partitions - 1})")
+        if timestamp_ms is None:
+            timestamp_ms = int(time.time() * 1000)
+        size = record_size_upper_bound(key_bytes, value_bytes, headers)
+        if size > self.config.max_request_size or size > self.config.buffer_memory:
+            limit = min(self.config.max_request_size, self.config.buffer_memory)
+            raise errors.RecordTooLargeError(
+                f"record for {topic}-{partition} is {size} bytes serialized, over the limit of {limit} "
+                f"(max_request_size={self.config.max_request_size}, buffer_memory={self.config.buffer_memory})")
+        accumulator = self._accumulator
+        if not accumulator.try_reserve(size):
+            await self._wait_for_memory(size, topic, partition)
+            if self._state is not State.RUNNING:
+                accumulator.release(size)
+                raise errors.ProducerClosedError(f"producer closed while send() to {topic!r} waited for memory")
+        try:
+            handle = accumulator.append(topic, partition, timestamp_ms, key_bytes, value_bytes, headers, size)
+        except BaseException:
+            accumulator.release(size)
+            raise
+        self._partitioner.record_appended(topic, partition, size, num_partitions)
+        if self._interceptors:
+            handle.add_done_callback(self._acknowledge)
+        return handle
+
+    def _acknowledge(self, handle) -> None:
+        if handle.cancelled():
+            return
+        error = handle.exception()
+        self._interceptors.on_acknowledgement(None if error else handle.result(), error)
+
+    async def _wait_for_memory(self, size: int, topic: str, partition: int) -> None:
+        accumulator = self._accumulator
+        future = self._loop.create_future()
+        waiter = accumulator.enqueue_waiter(size, future)
+        try:
+            await asyncio.wait_for(future, self._max_block)
+        except asyncio.TimeoutError:
+            accumulator.abandon_waiter(waiter)
+            raise errors.KafkaTimeoutError(
+                f"no room for a {size}-byte record for {topic}-{partition} in buffer_memory "
+                f"({self.config.buffer_memory} bytes) within max_block_ms ({self.config.max_block_ms} ms)") from None
+        except BaseException:
+            accumulator.abandon_waiter(waiter)
+            raise
+
+    async def send_and_wait(self, topic: str, value=None, key=None, partition: Optional[int] = None,
+                            timestamp_ms: Optional[int] = None, headers=None):
+        handle = await self.send(topic, value, key, partition, timestamp_ms, headers)
+        return await handle
+
+    async def flush(self, timeout: Optional[float] = None) -> None:
+        """Send everything buffered now, and wait until it is delivered (or failed)."""
+        if self._state not in (State.RUNNING, State.CLOSING):
+            raise errors.ProducerClosedError(f"flush() on a producer that is {self._state.value}")
+        await self._flush(timeout)
+
+    async def _flush(self, timeout: Optional[float]) -> None:
+        completions = [batch.completion for batch in self._accumulator.all_batches()]
+        completions += [batch.completion for batch in self._sender.in_flight_batches]
+        pending = [c for c in completions if not c.done]
+        if not pending:
+            return
+        self._accumulator.flushing += 1
+        self._sender.wakeup()
+        try:
+            done = self._loop.create_future()
+            remaining = [len(pending)]
+
+            def one_done(_completion) -> None:
+                remaining[0] -= 1
+                if remaining[0] == 0 and not done.done():
+                    done.set_result(None)
+
+            for completion in pending:
+                completion.add_batch_callback(one_done)
+            if timeout is None:
+                await done
+            else:
+                await asyncio.wait_for(done, timeout)
+        finally:
+            self._accumulator.flushing -= 1
+
+    # -- information --------------------------------------------------------------------------------------
+    async def partitions_for(self, topic: str) -> list:
+        if self._state is not State.RUNNING:
+            raise errors.ProducerClosedError(f"partitions_for() on a producer that is {self._state.value}")
+        info = self._cluster.topics.get(topic) or await self._cluster.wait_for_topic(topic, self._max_block)
+        return list(info.partitions)
+
+    def metrics(self) -> dict:
+        return self._metrics.as_dict()
