@@ -481,10 +481,8 @@ def _decode_records(data: bytes, count: int, base_offset: int, base_ts: int) -> 
             hkey, pos = _read_bytes(view, pos, rec_end, "header key")
             if hkey is None:
                 raise CorruptRecordError(f"record {index} has a null header key")
-            try:
-                hkey_str = hkey.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise CorruptRecordError(f"record {index} has a header key that is not UTF-8") from exc
+            # Java's consumer decodes header keys with replacement characters, never failing; so do we.
+            hkey_str = hkey.decode("utf-8", "replace")
             hval, pos = _read_bytes(view, pos, rec_end, "header value")
             headers.append((hkey_str, hval))
         if pos != rec_end:
