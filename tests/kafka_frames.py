@@ -69,12 +69,12 @@ class RequestInfo:
 
 
 def response_payload(correlation_id: int, header_version: int, body: bytes) -> bytes:
-    """A response frame (with its size) for ``body``: correlation id, empty tagged fields if header v1."""
+    """A response payload (no size prefix): correlation id, empty tagged fields if header v1, body."""
     head = struct.pack(">i", correlation_id) + (b"\x00" if header_version >= 1 else b"")
-    return frame(head + body)
+    return head + body
 
 
 def encode_response(request: RequestInfo, message) -> bytes:
     """Frame a generated response message as the answer to ``request`` (same version, same correlation)."""
-    return response_payload(request.correlation_id, request.response_header_version,
-                            message.encode(request.api_version))
+    return frame(response_payload(request.correlation_id, request.response_header_version,
+                                  message.encode(request.api_version)))

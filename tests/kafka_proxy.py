@@ -1,0 +1,517 @@
+"""A framing-aware, fault-injecting proxy that makes the single embedded broker look like a cluster.
+
+Tansu is one node (111) that leads everything, so multi-broker routing, leader moves and lost acks cannot
+be produced by the broker itself. This proxy listens on N loopback ports, one per *virtual broker*
+(node ids 1..N), and forwards every frame to the one real broker over a connection of its own per client
+connection. Because it reads whole frames and remembers ``correlation_id -> (api_key, api_version)`` for
+every request in flight, it can decode the answers it cares about:
+
+* Metadata answers are rewritten: the broker list becomes the N virtual brokers, the controller is node 1,
+  and partition p of a topic is led by ``leader_fn(topic, p)`` (default ``p % N + 1``). Every call of
+  :meth:`KafkaProxy.set_leader_fn` bumps the leader epochs, so clients that discard stale metadata
+  (KIP-320) accept the new leaders.
+* FindCoordinator answers point at a virtual broker (``coordinator_node``, default 1) instead of the real
+  broker's advertised address, which would take the client around the proxy.
+* A Produce that reaches a port which is not the partition's current leader is answered, for that
+  partition, with NOT_LEADER_OR_FOLLOWER (6) without reaching the broker. The other partitions of the
+  same request are forwarded, and the broker's answer and ours are merged into one response.
+
+Faults (each applies to the next ``count`` matching requests; ``count=None`` means until cleared):
+
+* :meth:`delay_responses`: hold matching responses for some seconds (later responses on the same
+  connection wait behind them, as they would behind a slow broker: Kafka answers in order).
+* :meth:`lose_responses`: the request reaches the broker (the write happens) but the answer is lost;
+  with ``cut=True`` (default) the connection is closed at that point, the realistic "lost ack".
+* :meth:`cut_before`: close the client's connection when a matching request arrives, without
+  forwarding it (the write certainly did not happen).
+* :meth:`fail_produce`: answer the next Produce of a partition with an error code of your choice.
+* :meth:`cut_connections`: close every connection now.
+
+Counters (:attr:`requests`, :attr:`produce_partitions`) record what arrived on which virtual broker so
+tests can assert routing; :meth:`wait_for` polls them.
+
+The proxy runs on its own event loop in a background thread (see ``proxy_thread``), so sync and async tests
+can use it and a test blocking its own loop does not stall it. Public methods are thread-safe.
+
+Usage::
+
+    with KafkaProxy(broker.host, broker.port, num_brokers=3) as proxy:
+        producer = Producer(bootstrap_servers=proxy.bootstrap)
+        proxy.set_leader_fn(lambda topic, p: 2)          # move every partition to node 2
+        proxy.lose_responses(api="Produce", count=1)     # next Produce: written, ack lost, connection cut
+        assert proxy.count("Produce", node_id=2) >= 1
+"""
+from __future__ import annotations
+
+import asyncio
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from aiokprod.protocol import (
+    API_NAMES,
+    decode_response_header,
+    FindCoordinatorResponse,
+    MetadataResponse,
+    ProduceRequest,
+    ProduceResponse,
+)
+from kafka_frames import FrameError, RequestInfo, frame, read_frame, response_payload
+from proxy_thread import ThreadedProxy, close_writer
+
+PRODUCE = 0
+METADATA = 3
+FIND_COORDINATOR = 10
+NOT_LEADER_OR_FOLLOWER = 6
+
+_API_KEYS = {name: key for key, name in API_NAMES.items()}
+_I32 = struct.Struct(">i")
+
+LeaderFn = Callable[[str, int], int]
+
+
+def _api_key(api: int | str | None) -> int | None:
+    if api is None or isinstance(api, int):
+        return api
+    try:
+        return _API_KEYS[api]
+    except KeyError:
+        raise ValueError(f"unknown API {api!r}") from None
+
+
+@dataclass
+class _Fault:
+    """One fault rule. ``None`` in a filter field matches anything."""
+
+    kind: str                     # "delay" | "lose" | "cut_before" | "error"
+    api_key: int | None = None
+    node_id: int | None = None
+    topic: str | None = None
+    partition: int | None = None
+    remaining: int | None = 1     # None: until cleared
+    delay: float = 0.0
+    cut: bool = True
+    error_code: int = 0
+    error_message: str | None = None
+    hits: int = 0
+
+    def matches(self, api_key: int, node_id: int, partitions: list[tuple[str, int]] | None) -> bool:
+        if self.api_key is not None and self.api_key != api_key:
+            return False
+        if self.node_id is not None and self.node_id != node_id:
+            return False
+        if self.topic is not None or self.partition is not None:
+            if not partitions:
+                return False
+            return any(
+                (self.topic is None or self.topic == t) and (self.partition is None or self.partition == p)
+                for t, p in partitions
+            )
+        return True
+
+
+# Markers the response writer understands, in place of response bytes.
+_DROP = object()
+_CUT = object()
+
+
+@dataclass
+class _InFlight:
+    info: RequestInfo
+    future: asyncio.Future
+    local_errors: list[tuple[str, int, int, str | None]] = field(default_factory=list)
+    lose: _Fault | None = None
+
+
+class KafkaProxy(ThreadedProxy):
+    """N virtual brokers in front of one real one. See the module docstring for what it can do."""
+
+    def __init__(
+        self,
+        broker_host: str,
+        broker_port: int,
+        num_brokers: int = 3,
+        *,
+        host: str = "127.0.0.1",
+        enforce_leadership: bool = True,
+        coordinator_node: int = 1,
+    ) -> None:
+        super().__init__(host)
+        if num_brokers < 1:
+            raise ValueError("num_brokers must be at least 1")
+        self.upstream = (broker_host, broker_port)
+        self.num_brokers = num_brokers
+        self.node_ids = list(range(1, num_brokers + 1))
+        self.ports: list[int] = []
+        self.enforce_leadership = enforce_leadership
+        self.coordinator_node = coordinator_node
+        self._leader_fn: LeaderFn = self.default_leader
+        self._leader_generation = 0
+        self._lock = threading.Lock()
+        self._faults: list[_Fault] = []
+        # (node_id, api name) -> requests received on that virtual broker
+        self.requests: Counter[tuple[int, str]] = Counter()
+        # (node_id, topic, partition) -> partitions of Produce requests received on that virtual broker
+        self.produce_partitions: Counter[tuple[int, str, int]] = Counter()
+        # what the proxy did: "not_leader", "injected_error", "lost_response", "cut_before", "delayed"
+        self.events: Counter[str] = Counter()
+        self.connections_accepted = 0
+
+    # ---------------------------------------------------------------- addresses
+
+    @property
+    def bootstrap(self) -> str:
+        """All virtual brokers, comma separated (any one of them would do)."""
+        return ",".join(f"{self.host}:{port}" for port in self.ports)
+
+    def port_of(self, node_id: int) -> int:
+        return self.ports[node_id - 1]
+
+    def node_of(self, port: int) -> int:
+        return self.ports.index(port) + 1
+
+    # ---------------------------------------------------------------- leadership
+
+    def default_leader(self, topic: str, partition: int) -> int:
+        return partition % self.num_brokers + 1
+
+    def set_leader_fn(self, fn: LeaderFn | None) -> None:
+        """``fn(topic, partition) -> node id`` (1..N); None restores ``p % N + 1``. Bumps leader epochs."""
+        with self._lock:
+            self._leader_fn = fn or self.default_leader
+            self._leader_generation += 1
+
+    def leader_for(self, topic: str, partition: int) -> int:
+        node = self._leader_fn(topic, partition)
+        if node not in self.node_ids:
+            raise ValueError(f"leader function returned node {node}, not one of {self.node_ids}")
+        return node
+
+    def _leader_epoch(self, broker_epoch: int) -> int:
+        # The broker's epoch never changes (it leads everything forever); ours rises with every move.
+        return max(broker_epoch, 0) + self._leader_generation
+
+    # ---------------------------------------------------------------- faults
+
+    def _add_fault(self, fault: _Fault) -> None:
+        if fault.remaining is not None and fault.remaining < 1:
+            raise ValueError("count must be at least 1 (or None for 'until cleared')")
+        with self._lock:
+            self._faults.append(fault)
+
+    def delay_responses(self, seconds: float, *, api: int | str | None = None, node_id: int | None = None,
+                        count: int | None = 1) -> None:
+        """Hold the responses to the next ``count`` matching requests for ``seconds``."""
+        self._add_fault(_Fault("delay", _api_key(api), node_id, remaining=count, delay=seconds))
+
+    def lose_responses(self, *, api: int | str | None = "Produce", node_id: int | None = None,
+                       topic: str | None = None, partition: int | None = None, count: int | None = 1,
+                       cut: bool = True) -> None:
+        """Forward the next ``count`` matching requests to the broker but never deliver the answers.
+
+        ``cut=True`` closes the client connection once the broker has answered (the client sees a network
+        error and cannot know whether the write happened); ``cut=False`` keeps the connection open and
+        silently discards the answer (the client must time the request out).
+        """
+        self._add_fault(_Fault("lose", _api_key(api), node_id, topic, partition, remaining=count, cut=cut))
+
+    def cut_before(self, *, api: int | str | None = "Produce", node_id: int | None = None,
+                   topic: str | None = None, partition: int | None = None, count: int | None = 1) -> None:
+        """Close the client connection when the next ``count`` matching requests arrive (not forwarded)."""
+        self._add_fault(_Fault("cut_before", _api_key(api), node_id, topic, partition, remaining=count))
+
+    def fail_produce(self, topic: str, partition: int, error_code: int, *, count: int | None = 1,
+                     node_id: int | None = None, message: str | None = None) -> None:
+        """Answer the next ``count`` Produce writes to ``topic``/``partition`` with ``error_code``."""
+        self._add_fault(_Fault("error", PRODUCE, node_id, topic, partition, remaining=count,
+                               error_code=error_code, error_message=message))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def pending_faults(self) -> int:
+        with self._lock:
+            return len(self._faults)
+
+    def _take_fault(self, kind: str, api_key: int, node_id: int,
+                    partitions: list[tuple[str, int]] | None = None) -> _Fault | None:
+        """The first matching rule of ``kind``, consuming one use of it."""
+        with self._lock:
+            for fault in self._faults:
+                if fault.kind == kind and fault.matches(api_key, node_id, partitions):
+                    fault.hits += 1
+                    if fault.remaining is not None:
+                        fault.remaining -= 1
+                        if fault.remaining == 0:
+                            self._faults.remove(fault)
+                    return fault
+        return None
+
+    # ---------------------------------------------------------------- counters
+
+    def count(self, api: int | str, node_id: int | None = None) -> int:
+        """Requests of ``api`` received so far, on one virtual broker or on all."""
+        name = API_NAMES.get(_api_key(api), str(api))
+        with self._lock:
+            return sum(n for (node, a), n in self.requests.items() if a == name and node_id in (None, node))
+
+    def produce_count(self, topic: str, partition: int | None = None, node_id: int | None = None) -> int:
+        with self._lock:
+            return sum(
+                n for (node, t, p), n in self.produce_partitions.items()
+                if t == topic and partition in (None, p) and node_id in (None, node)
+            )
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.produce_partitions.clear()
+            self.events.clear()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
+        """Poll ``predicate`` (e.g. ``lambda: proxy.count("Produce") >= 2``) until true or timeout (sync)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(interval)
+        return predicate()
+
+    async def wait_for_async(self, predicate: Callable[[], bool], timeout: float = 10.0,
+                             interval: float = 0.01) -> bool:
+        """Like :meth:`wait_for`, without blocking the caller's event loop."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            await asyncio.sleep(interval)
+        return predicate()
+
+    # ---------------------------------------------------------------- the proxy itself (proxy loop only)
+
+    async def _serve(self) -> None:
+        for _ in self.node_ids:
+            self.ports.append(await self._listen(0))
+
+    async def _handle(self, reader, writer, port) -> None:
+        node_id = self.node_of(port)
+        self.connections_accepted += 1
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self.track_writer(up_writer)
+        # Responses must reach the client in request order. Each request that expects an answer puts
+        # (future, delay) here as it arrives; the writer task awaits them in that order, whether the answer
+        # comes from the broker or from the proxy itself.
+        order: asyncio.Queue = asyncio.Queue()
+        inflight: dict[int, _InFlight] = {}
+        tasks = [
+            asyncio.ensure_future(self._client_to_broker(node_id, reader, writer, up_writer, order, inflight)),
+            asyncio.ensure_future(self._broker_to_proxy(node_id, up_reader, inflight)),
+            asyncio.ensure_future(self._proxy_to_client(writer, order)),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if exc is not None and not isinstance(exc, (ConnectionError, OSError,
+                                                            asyncio.IncompleteReadError, FrameError)):
+                    self.errors.append(exc)
+        finally:
+            close_writer(writer)
+            close_writer(up_writer)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for entry in inflight.values():
+                if not entry.future.done():
+                    entry.future.cancel()
+
+    async def _client_to_broker(self, node_id, reader, writer, up_writer, order, inflight) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            payload = await read_frame(reader)
+            if payload is None:
+                return
+            info = RequestInfo(payload)
+            api_name = API_NAMES.get(info.api_key, str(info.api_key))
+            with self._lock:
+                self.requests[(node_id, api_name)] += 1
+
+            expects_response = True
+            local_errors: list[tuple[str, int, int, str | None]] = []
+            partitions = None
+            forward: bytes | None = payload
+            if info.api_key == PRODUCE:
+                forward, local_errors, partitions, expects_response = self._route_produce(node_id, info, payload)
+
+            if self._take_fault("cut_before", info.api_key, node_id, partitions):
+                self.events["cut_before"] += 1
+                return  # _handle closes both sides
+            delay_rule = self._take_fault("delay", info.api_key, node_id, partitions)
+            delay = delay_rule.delay if delay_rule else 0.0
+
+            future = loop.create_future()
+            if forward is not None:
+                entry = _InFlight(info, future, local_errors)
+                entry.lose = self._take_fault("lose", info.api_key, node_id, partitions)
+                if expects_response:
+                    inflight[info.correlation_id] = entry
+                up_writer.write(frame(forward))
+                await up_writer.drain()
+            elif expects_response:
+                # Every partition was answered by the proxy: the broker never sees this request.
+                future.set_result(self._local_produce_response(info, local_errors))
+            if expects_response:
+                order.put_nowait((future, delay))
+
+    def _route_produce(self, node_id, info, payload):
+        """Split a Produce between the broker and the proxy's own answers (injected errors, not leader)."""
+        request = ProduceRequest.decode(info.body(payload), info.api_version)
+        partitions: list[tuple[str, int]] = []
+        local: list[tuple[str, int, int, str | None]] = []
+        kept_topics = []
+        for topic_data in request.topic_data:
+            kept = []
+            for part in topic_data.partition_data:
+                tp = (topic_data.name, part.index)
+                partitions.append(tp)
+                with self._lock:
+                    self.produce_partitions[(node_id, *tp)] += 1
+                injected = self._take_fault("error", PRODUCE, node_id, [tp])
+                if injected is not None:
+                    self.events["injected_error"] += 1
+                    local.append((*tp, injected.error_code, injected.error_message))
+                elif self.enforce_leadership and self.leader_for(*tp) != node_id:
+                    self.events["not_leader"] += 1
+                    local.append((*tp, NOT_LEADER_OR_FOLLOWER, "proxy: not the leader of this partition"))
+                else:
+                    kept.append(part)
+            if kept:
+                topic_data.partition_data = kept
+                kept_topics.append(topic_data)
+        # acks=0: the broker sends no answer, so neither may we (even for partitions we refused).
+        expects_response = request.acks != 0
+        if not local:
+            return payload, local, partitions, expects_response  # untouched bytes: nothing to rewrite
+        if not kept_topics:
+            return None, local, partitions, expects_response
+        request.topic_data = kept_topics
+        rewritten = payload[:info.body_offset] + request.encode(info.api_version)
+        return rewritten, local, partitions, expects_response
+
+    async def _broker_to_proxy(self, node_id, up_reader, inflight) -> None:
+        while True:
+            payload = await read_frame(up_reader)
+            if payload is None:
+                return
+            (correlation_id,) = _I32.unpack_from(payload, 0)
+            entry = inflight.pop(correlation_id, None)
+            if entry is None:
+                raise FrameError(f"broker answered unknown correlation id {correlation_id}")
+            if entry.lose is not None:
+                self.events["lost_response"] += 1
+                entry.future.set_result(_CUT if entry.lose.cut else _DROP)
+                continue
+            entry.future.set_result(self._rewrite_response(entry, payload))
+
+    async def _proxy_to_client(self, writer, order) -> None:
+        while True:
+            future, delay = await order.get()
+            data = await future
+            if delay:
+                self.events["delayed"] += 1
+                await asyncio.sleep(delay)
+            if data is _DROP:
+                continue
+            if data is _CUT:
+                return  # _handle closes both sides
+            writer.write(frame(data))
+            await writer.drain()
+
+    # ---------------------------------------------------------------- response rewriting
+
+    def _rewrite_response(self, entry: _InFlight, payload: bytes) -> bytes:
+        info = entry.info
+        if info.api_key not in (METADATA, FIND_COORDINATOR, PRODUCE):
+            return payload
+        if info.api_key == PRODUCE and not entry.local_errors:
+            return payload
+        _, body_offset = decode_response_header(payload, info.response_header_version)
+        body = memoryview(payload)[body_offset:]
+        if info.api_key == METADATA:
+            message = self._rewrite_metadata(MetadataResponse.decode(body, info.api_version), info.api_version)
+        elif info.api_key == FIND_COORDINATOR:
+            message = self._rewrite_coordinator(FindCoordinatorResponse.decode(body, info.api_version))
+        else:
+            message = ProduceResponse.decode(body, info.api_version)
+            self._add_local_produce_errors(message, info, entry.local_errors)
+        return bytes(payload[:body_offset]) + message.encode(info.api_version)
+
+    def _rewrite_metadata(self, response, version):
+        response.brokers = [
+            MetadataResponse.MetadataResponseBroker(node_id=node, host=self.host, port=self.port_of(node))
+            for node in self.node_ids
+        ]
+        response.controller_id = self.node_ids[0]
+        for topic in response.topics:
+            for part in topic.partitions:
+                if part.leader_id < 0:
+                    continue  # no leader (an error for this partition): leave it so
+                leader = self.leader_for(topic.name, part.partition_index)
+                part.leader_id = leader
+                part.leader_epoch = self._leader_epoch(part.leader_epoch)
+                # One replica: the client has no business with followers, and a replica list naming
+                # node 111 would point at a broker that does not exist in this view.
+                part.replica_nodes = [leader]
+                part.isr_nodes = [leader]
+                part.offline_replicas = []
+        return response
+
+    def _rewrite_coordinator(self, response):
+        node = self.coordinator_node
+        port = self.port_of(node)
+        if response.node_id >= 0:
+            response.node_id, response.host, response.port = node, self.host, port
+        for coordinator in response.coordinators:
+            if coordinator.node_id >= 0:
+                coordinator.node_id, coordinator.host, coordinator.port = node, self.host, port
+        return response
+
+    def _partition_error(self, info, topic, partition, code, message):
+        result = ProduceResponse.PartitionProduceResponse(
+            index=partition, error_code=code, base_offset=-1, error_message=message)
+        if code == NOT_LEADER_OR_FOLLOWER and info.api_version >= 10:
+            # KIP-951: tell the client who leads now so it can retry without a metadata round trip.
+            result.current_leader = ProduceResponse.LeaderIdAndEpoch(
+                leader_id=self.leader_for(topic, partition), leader_epoch=self._leader_epoch(0))
+        return result
+
+    def _add_local_produce_errors(self, response, info, local_errors) -> None:
+        by_name = {t.name: t for t in response.responses}
+        leaders = set()
+        for topic, partition, code, message in local_errors:
+            topic_response = by_name.get(topic)
+            if topic_response is None:
+                topic_response = ProduceResponse.TopicProduceResponse(name=topic, partition_responses=[])
+                response.responses.append(topic_response)
+                by_name[topic] = topic_response
+            topic_response.partition_responses.append(
+                self._partition_error(info, topic, partition, code, message))
+            if code == NOT_LEADER_OR_FOLLOWER:
+                leaders.add(self.leader_for(topic, partition))
+        if info.api_version >= 10:
+            # The endpoints of the leaders named above (KIP-951); drop the real broker's, which would
+            # take the client around the proxy.
+            response.node_endpoints = [
+                ProduceResponse.NodeEndpoint(node_id=node, host=self.host, port=self.port_of(node))
+                for node in sorted(leaders)
+            ]
+
+    def _local_produce_response(self, info, local_errors) -> bytes:
+        response = ProduceResponse(responses=[])
+        self._add_local_produce_errors(response, info, local_errors)
+        return response_payload(info.correlation_id, info.response_header_version,
+                                response.encode(info.api_version))
