@@ -347,3 +347,20 @@ def test_decode_fuzz_only_corrupt_record_error(codec, data):
     for batch in batches:
         for record in batch.records:
             assert record.key is None or isinstance(record.key, bytes)
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_built_bytes_never_change_afterwards(codec, compression):
+    builder = codec.RecordBatchBuilder(compression, batch_size=1 << 20)
+    builder.append(1, b"a", b"1", None)
+    first = builder.build(0, 10, 1, 0)
+    snapshot = bytes(first)
+    other = builder.build(5, 11, 2, 3)  # a rebuild with other arguments
+    assert bytes(first) == snapshot and bytes(other) != snapshot
+    for i in range(2000):  # appends after build, growing past the first buffer
+        assert builder.append(2 + i, b"b", b"2" * 10, None)
+    assert bytes(first) == snapshot
+    [batch] = codec.decode_record_batches(builder.build(0, 10, 1, 0))
+    assert len(batch.records) == 2001 and bytes(first) == snapshot
+    [batch] = codec.decode_record_batches(first)
+    assert [r.value for r in batch.records] == [b"1"]

@@ -10,9 +10,12 @@ implementations give identical results by construction.
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytes cimport (
+    _PyBytes_Resize, PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE,
+)
 from cpython.long cimport PyLong_Check
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.number cimport PyNumber_Index
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_CheckExact
 from libc.stdint cimport int16_t, int32_t, int64_t, uint16_t, uint32_t, uint64_t, INT32_MAX, INT64_MAX, INT64_MIN
@@ -91,10 +94,11 @@ cdef inline uint64_t _zigzag(int64_t v) noexcept nogil:
 
 cdef extern from *:
     """
-    /* Bytes of an unsigned LEB128 varint: one per started group of 7 significant bits (at least 1),
-       computed from the leading-zero count instead of a loop. */
+    /* Bytes of an unsigned LEB128 varint: ceil(significant bits / 7), at least 1. (9 * bits + 64) / 64
+       equals that for bits in 1..64 and costs a multiply and a shift instead of a loop or a division. */
     static inline int aiokprod_uvarint_size(unsigned long long u) {
-        return (int)((63 - __builtin_clzll(u | 1)) / 7 + 1);
+        int bits = 64 - __builtin_clzll(u | 1);
+        return (9 * bits + 64) >> 6;
     }
     """
     int aiokprod_uvarint_size(unsigned long long u) noexcept nogil
@@ -392,7 +396,13 @@ def record_size_upper_bound(key, value, headers):
 cdef class RecordBatchBuilder:
     """Accumulates records of one magic-2 batch; :meth:`build` freezes it with the producer's fields."""
 
-    cdef char* _buf            # header space (61 bytes) + records, uncompressed
+    # The batch is written straight into a bytes object of _cap bytes: header space (61 bytes) + records,
+    # uncompressed. Until build() hands it out (_published) nobody else can see it, so it is mutable; an
+    # uncompressed build() patches the header in place, shrinks it to size and returns it: no copy and no
+    # second allocation per batch. Appending after that copies it first (copy-on-write).
+    cdef object _data
+    cdef char* _buf            # PyBytes_AS_STRING(_data)
+    cdef bint _published
     cdef Py_ssize_t _len
     cdef Py_ssize_t _cap
     cdef Py_ssize_t _batch_size
@@ -421,7 +431,10 @@ cdef class RecordBatchBuilder:
             cap = 1024
         elif cap > (1 << 20):
             cap = 1 << 20
-        self._grow(cap)
+        self._data = PyBytes_FromStringAndSize(NULL, cap)
+        self._buf = PyBytes_AS_STRING(self._data)
+        self._cap = cap
+        self._published = False
         self._len = HEADER_SIZE
         self._count = 0
         self._first_ts = 0
@@ -430,19 +443,42 @@ cdef class RecordBatchBuilder:
         self._payload_count = -1
         self._built = None
 
-    def __dealloc__(self):
-        PyMem_Free(self._buf)
-        self._buf = NULL
-
     cdef int _grow(self, Py_ssize_t needed) except -1:
+        """Make room for ``needed`` bytes in a buffer we alone own."""
         cdef Py_ssize_t cap = self._cap * 2
         if cap < needed:
             cap = needed
-        cdef char* buf = <char*>PyMem_Realloc(self._buf, cap)
-        if buf == NULL:
-            raise MemoryError(f"cannot grow a record batch buffer to {cap} bytes")
-        self._buf = buf
-        self._cap = cap
+        cdef object data
+        if self._published:
+            # build() handed _data out: it is immutable now; continue in a private copy.
+            data = PyBytes_FromStringAndSize(NULL, cap)
+            memcpy(PyBytes_AS_STRING(data), self._buf, self._len)
+            self._data = data
+            self._published = False
+            self._buf = PyBytes_AS_STRING(data)
+            self._cap = cap
+            return 0
+        return self._resize_private(cap)
+
+    cdef int _resize_private(self, Py_ssize_t size) except -1:
+        # _data is ours alone (refcount 1), so _PyBytes_Resize may realloc it in place. It needs the only
+        # reference: move ours into ``raw``. On failure it frees the object; start an empty batch then.
+        cdef PyObject* raw = <PyObject*>self._data
+        Py_INCREF(self._data)
+        self._data = None
+        try:
+            _PyBytes_Resize(&raw, size)
+        except BaseException:
+            self._data = PyBytes_FromStringAndSize(NULL, 1024)
+            self._buf = PyBytes_AS_STRING(self._data)
+            self._cap = 1024
+            self._len = HEADER_SIZE
+            self._count = 0
+            raise
+        self._data = <object>raw
+        Py_DECREF(self._data)
+        self._buf = PyBytes_AS_STRING(self._data)
+        self._cap = size
         return 0
 
     def __len__(self):
@@ -536,7 +572,7 @@ cdef class RecordBatchBuilder:
             return 0
         if count >= INT32_MAX:
             return 0  # offset deltas are int32
-        if self._len + total > self._cap:
+        if self._len + total > self._cap or self._published:
             self._grow(self._len + total)
         cdef char* p = self._buf + self._len
         p = _put_uvarint(p, _zigzag(body))
@@ -586,9 +622,15 @@ cdef class RecordBatchBuilder:
         cdef Py_ssize_t size
         if self._codec == 0:
             size = self._len
-            out = PyBytes_FromStringAndSize(NULL, size)
+            if self._published:
+                # A rebuild with other arguments: the bytes handed out before must not change.
+                out = PyBytes_FromStringAndSize(self._buf, size)
+            else:
+                if self._cap != size:
+                    self._resize_private(size)  # shrink in place before handing it out
+                out = self._data
+                self._published = True
             p = PyBytes_AS_STRING(out)
-            memcpy(p + HEADER_SIZE, self._buf + HEADER_SIZE, size - HEADER_SIZE)
         else:
             if self._payload_count != self._count:
                 self._payload = compress(
@@ -599,7 +641,7 @@ cdef class RecordBatchBuilder:
             out = PyBytes_FromStringAndSize(NULL, size)
             p = PyBytes_AS_STRING(out)
             memcpy(p + HEADER_SIZE, PyBytes_AS_STRING(self._payload), size - HEADER_SIZE)
-        # ``out`` is new and seen by no one else yet, so writing into it is safe.
+        # ``out`` is new or our private buffer, seen by no one else yet, so writing into it is safe.
         _put_be64(p, <uint64_t>offset)
         _put_be32(p + 8, <uint32_t>(size - LOG_OVERHEAD))
         _put_be32(p + 12, <uint32_t>-1)             # partitionLeaderEpoch: the broker sets it
