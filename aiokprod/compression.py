@@ -62,6 +62,9 @@ def codec_id(name: str) -> int:
 def _xerial_frame(data) -> bytes:
     # header | (int32 length, raw snappy chunk of <= 32 KiB input)*
     view = memoryview(data)
+    if len(view) <= _XERIAL_BLOCK:  # the common case (batch.size 16 KiB): one chunk, no slicing copies
+        chunk = snappy.compress(data if isinstance(data, bytes) else view.tobytes())
+        return b"".join((_XERIAL_HEADER, _INT32.pack(len(chunk)), chunk))
     parts = [_XERIAL_HEADER]
     for start in range(0, len(view), _XERIAL_BLOCK):
         chunk = snappy.compress(view[start:start + _XERIAL_BLOCK].tobytes())
