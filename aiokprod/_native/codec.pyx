@@ -463,6 +463,8 @@ cdef class RecordBatchBuilder:
     cdef int _resize_private(self, Py_ssize_t size) except -1:
         # _data is ours alone (refcount 1), so _PyBytes_Resize may realloc it in place. It needs the only
         # reference: move ours into ``raw``. On failure it frees the object; start an empty batch then.
+        if self._data is None:
+            raise RuntimeError("RecordBatchBuilder.__init__ was not called")
         cdef PyObject* raw = <PyObject*>self._data
         Py_INCREF(self._data)
         self._data = None
