@@ -7,7 +7,9 @@ request: ``data_received`` cuts frames and resolves each request's future direct
 
 A request that times out leaves the stream in an unknown state (its answer may still come, and would be taken
 for the next request's), so, like the Java client, a timeout closes the connection and fails every request
-pending on it with ``RequestTimedOutError``-like ``KafkaConnectionError``; the caller decides whether to retry.
+pending on it with ``KafkaTimeoutError`` (client-side, retriable; not the broker's ``RequestTimedOutError``);
+the caller decides whether to retry. The timer always tracks the earliest deadline among the pending
+requests, so a short per-request ``timeout`` queued behind a longer one still fires on time.
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ class BrokerConnection(asyncio.Protocol):
         self._pending: collections.deque[_Pending] = collections.deque()
         self._next_correlation_id = 0
         self._timer: Optional[asyncio.TimerHandle] = None
+        self._timer_deadline = 0.0  # the time.monotonic() deadline self._timer was armed for
         self._closed_exc: Optional[BaseException] = None
         self._close_waiter: Optional[asyncio.Future] = None
         self._write_paused = False
@@ -125,17 +128,17 @@ class BrokerConnection(asyncio.Protocol):
         handshake = await self.request(SaslHandshakeRequest(mechanism=mechanism.name),
                                        self.version_for(SaslHandshakeRequest, 1, 1))
         if handshake.error_code:
-            raise errors.AuthenticationError(
-                f"broker {self.host}:{self.port} refused SASL mechanism {mechanism.name}: "
-                f"error {handshake.error_code}, it offers {handshake.mechanisms}")
+            raise _sasl_error(handshake.error_code,
+                              f"broker {self.host}:{self.port} refused SASL mechanism {mechanism.name}; "
+                              f"it offers {handshake.mechanisms}")
         version = self.version_for(SaslAuthenticateRequest)
         token = mechanism.initial_response()
         while token is not None:
             answer = await self.request(SaslAuthenticateRequest(auth_bytes=token), version)
             if answer.error_code:
-                raise errors.AuthenticationError(
-                    f"SASL {mechanism.name} authentication to {self.host}:{self.port} failed: "
-                    f"{answer.error_message or answer.error_code}")
+                raise _sasl_error(answer.error_code,
+                                  f"SASL {mechanism.name} authentication to {self.host}:{self.port} failed: "
+                                  f"{answer.error_message or 'no reason given'}")
             token = mechanism.evaluate(answer.auth_bytes or b"")
             if token is None or mechanism.complete:
                 break
@@ -198,22 +201,32 @@ class BrokerConnection(asyncio.Protocol):
                                       response_header_version(api_key, version), deadline, now))
         if self._timer is None:
             self._arm_timer()
+        elif deadline < self._timer_deadline:
+            # A shorter per-request timeout than the one the timer waits for: with the FIFO answered in
+            # order, this request cannot be answered before the ones ahead of it, so waiting for their
+            # deadline would let it overrun its own. Re-arm for the earlier deadline.
+            self._timer.cancel()
+            self._arm_timer()
         return future
 
     def _arm_timer(self) -> None:
         if self._pending:
-            delay = max(0.0, self._pending[0].deadline - time.monotonic())
-            self._timer = self._loop.call_later(delay, self._check_timeouts)
+            # Deadlines are in send order when every request uses the default timeout, so this is
+            # usually the head; min() covers mixed per-request timeouts (the FIFO is short: in-flight only).
+            deadline = min(item.deadline for item in self._pending)
+            self._timer_deadline = deadline
+            self._timer = self._loop.call_later(max(0.0, deadline - time.monotonic()), self._check_timeouts)
         else:
             self._timer = None
 
     def _check_timeouts(self) -> None:
         self._timer = None
-        if self._pending and self._pending[0].deadline <= time.monotonic() + 0.001:
-            head = self._pending[0]
+        now = time.monotonic() + 0.001  # call_later may fire a hair early
+        expired = next((item for item in self._pending if item.deadline <= now), None)
+        if expired is not None:
             self.close(errors.KafkaTimeoutError(
                 f"request to {self.host}:{self.port} (node {self.node_id}) got no answer within "
-                f"{head.deadline - head.sent_at:.1f}s; connection closed"))
+                f"{expired.deadline - expired.sent_at:.3g}s; connection closed"))
             return
         self._arm_timer()
 
@@ -265,7 +278,15 @@ class BrokerConnection(asyncio.Protocol):
                 raise errors.CorruptFrameError(
                     f"response correlation id {correlation_id} from {self.host}:{self.port}, "
                     f"expected {pending.correlation_id}")
-            response = pending.response_class.decode(memoryview(frame)[offset:], pending.version)
+            body = memoryview(frame)[offset:]
+            version = pending.version
+            if (pending.response_class is ApiVersionsResponse and version > 0 and len(body) >= 2
+                    and int.from_bytes(body[:2], "big", signed=True) == 35):
+                # KIP-511: a broker that does not know this ApiVersions version answers UNSUPPORTED_VERSION
+                # with a *v0* body (so any client can read it). Decoding it as the version we asked for
+                # would fail and close the connection before _negotiate_versions could fall back to v0.
+                version = 0
+            response = pending.response_class.decode(body, version)
         except errors.CorruptFrameError as exc:
             if not pending.future.done():
                 pending.future.set_exception(exc)
@@ -312,6 +333,15 @@ class BrokerConnection(asyncio.Protocol):
         if self.on_close is not None:
             callback, self.on_close = self.on_close, None
             callback(self, self._closed_exc)
+
+
+def _sasl_error(code: int, text: str) -> errors.AuthenticationError:
+    """The broker's SASL codes (33, 34, 58) have classes that are AuthenticationErrors: use them, so callers
+    can tell a refused mechanism from bad credentials. Any other code is still an authentication failure."""
+    exc = errors.for_code(code, text)
+    if isinstance(exc, errors.AuthenticationError):
+        return exc
+    return errors.AuthenticationError(f"{text} (error {code} {exc.name})")
 
 
 def _response_classes() -> dict:
