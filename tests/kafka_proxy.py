@@ -350,14 +350,15 @@ class KafkaProxy(ThreadedProxy):
             if self._take_fault("cut_before", info.api_key, node_id, partitions):
                 self.events["cut_before"] += 1
                 return  # _handle closes both sides
-            delay_rule = self._take_fault("delay", info.api_key, node_id, partitions)
+            # Response faults are consumed only by requests that get a response (not acks=0 Produce).
+            delay_rule = self._take_fault("delay", info.api_key, node_id, partitions) if expects_response else None
             delay = delay_rule.delay if delay_rule else 0.0
 
             future = loop.create_future()
             if forward is not None:
-                entry = _InFlight(info, future, local_errors)
-                entry.lose = self._take_fault("lose", info.api_key, node_id, partitions)
                 if expects_response:
+                    entry = _InFlight(info, future, local_errors)
+                    entry.lose = self._take_fault("lose", info.api_key, node_id, partitions)
                     inflight[info.correlation_id] = entry
                 up_writer.write(frame(forward))
                 await up_writer.drain()
