@@ -362,6 +362,32 @@ def test_kafka_proxy_lost_ack_with_cut_duplicates_without_idempotence(kafka_prox
     assert read_back({"bootstrap.servers": broker.bootstrap}, topic, [0], 2) == [b"once", b"once"]
 
 
+def test_kafka_proxy_lost_ack_idempotent_retry_is_deduplicated(kafka_proxy, broker):
+    # The idempotence scenario: the write lands, its ack is lost, the retry carries the same sequence,
+    # and the broker must not write it twice. (Tansu does deduplicate; librdkafka then reports no offset.)
+    topic = unique_topic("kp-idem")
+    kafka_proxy.lose_responses(api="Produce", topic=topic, count=1, cut=True)
+    conf = {"bootstrap.servers": kafka_proxy.bootstrap, "enable.idempotence": True, "retry.backoff.ms": 50}
+    assert produce(conf, topic, [b"once"], partition=0)[0][0] is None
+    assert kafka_proxy.events["lost_response"] == 1
+    assert kafka_proxy.produce_count(topic, 0) == 2
+    assert read_back({"bootstrap.servers": broker.bootstrap}, topic, [0], 1) == [b"once"]
+
+
+async def test_kafka_proxy_lost_response_without_cut(kafka_proxy):
+    # cut=False: the answer vanishes but the connection stays; later answers still arrive, in order.
+    kafka_proxy.lose_responses(api="Metadata", count=1, cut=False)
+    client = await RawClient.connect("127.0.0.1", kafka_proxy.port_of(2))
+    try:
+        await client.send(proto.MetadataRequest(topics=[]), 1)  # correlation id 1: lost
+        response = await client.request(proto.MetadataRequest(topics=[]), 1)  # asserts correlation id 2
+        assert len(response.brokers) == 3
+        assert kafka_proxy.events["lost_response"] == 1
+        assert kafka_proxy.count("Metadata", node_id=2) == 2
+    finally:
+        await client.close()
+
+
 def test_kafka_proxy_cut_before_forwarding_writes_once(kafka_proxy, broker):
     topic = unique_topic("kp-cut")
     kafka_proxy.cut_before(api="Produce", topic=topic, count=1)
