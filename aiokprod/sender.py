@@ -78,7 +78,10 @@ class Sender:
     async def close(self, error: BaseException) -> None:
         """Stop the task; fail everything not yet delivered with ``error``."""
         self._closing = True
+        self.wakeup()
         if self._task is not None:
+            # _run also checks _closing: a cancel that lands just as its wait finished can be lost
+            # (asyncio.wait_for on Python 3.11 swallows it), and stop() must never hang on that.
             self._task.cancel()
             try:
                 await self._task
@@ -95,7 +98,7 @@ class Sender:
     async def _run(self) -> None:
         wakeup = self._wakeup
         metadata_age = self.config.metadata_max_age_ms / 1000.0
-        while True:
+        while not self._closing:
             wakeup.clear()
             now = time.monotonic()
             self._expire(now)
@@ -123,10 +126,12 @@ class Sender:
             await self._sleep_or_wakeup(max(next_check, 0.0005))
 
     async def _sleep_or_wakeup(self, delay: float) -> None:
+        # A timer that sets the event, not asyncio.wait_for: no task per wait, and no lost cancellation.
+        timer = asyncio.get_running_loop().call_later(delay, self._wakeup.set)
         try:
-            await asyncio.wait_for(self._wakeup.wait(), delay)
-        except asyncio.TimeoutError:
-            pass
+            await self._wakeup.wait()
+        finally:
+            timer.cancel()
 
     async def _init_producer_id(self) -> None:
         connection = await self.cluster.any_connection()

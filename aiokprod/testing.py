@@ -92,6 +92,15 @@ class EmbeddedBroker:
         process, self._process = self._process, None
         if process is None:
             return
+        try:
+            self._stop_process(process)
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    @staticmethod
+    def _stop_process(process) -> None:
         if process.poll() is None:
             process.terminate()
             try:
@@ -106,7 +115,7 @@ class EmbeddedBroker:
         return self.start(timeout)
 
     def log_text(self) -> str:
-        if self._log is None:
+        if self._log is None or self._log.closed:
             return ""
         self._log.seek(0)
         return self._log.read().decode("utf-8", "replace")
