@@ -36,7 +36,6 @@ def native_extensions():
             "cdivision": True,
             "embedsignature": True,
         },
-        warning_errors=False,
     )
 
 
