@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import time
+from time import time as _time
 from typing import Optional
 
 from . import errors
@@ -56,6 +56,9 @@ class Producer:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._partitioner = make_partitioner(config.partitioner, config.batch_size)
         self._interceptors = InterceptorChain(config.interceptors)
+        self._has_interceptors = bool(config.interceptors)
+        self._max_record_size = min(config.max_request_size, config.buffer_memory)
+        self._topics: dict = {}
         self._key_serializer = config.key_serializer
         self._value_serializer = config.value_serializer
         self._max_block = config.max_block_ms / 1000.0
@@ -72,6 +75,7 @@ class Producer:
         loop = self._loop = asyncio.get_running_loop()
         config = self.config
         self._cluster = Cluster(config, on_change=self._wakeup_sender)
+        self._topics = self._cluster.topics  # the live cache, read on the hot path
         self._accumulator = RecordAccumulator(
             batch_size=config.batch_size,
             compression=config.compression_type,
@@ -131,24 +135,31 @@ class Producer:
     # -- sending ------------------------------------------------------------------------------------------
     async def send(self, topic: str, value=None, key=None, partition: Optional[int] = None,
                    timestamp_ms: Optional[int] = None, headers=None):
-        """Append a record; return its delivery handle (await it for ``RecordMetadata``)."""
+        """Append a record; return its delivery handle (await it for ``RecordMetadata``).
+
+        The hot path: with the topic's metadata cached and room in the buffer this never yields. Every check
+        below is ordered so that the common case (bytes key/value, default partitioner) takes the fewest
+        Python operations; the rare cases branch off to helpers.
+        """
         if self._state is not State.RUNNING:
             raise errors.ProducerClosedError(f"send() to {topic!r} on a producer that is {self._state.value}")
-        if self._interceptors:
+        if self._has_interceptors:
             record = self._interceptors.on_send(ProducerRecord(topic, value, key, partition, timestamp_ms, headers))
             topic, value, key, partition, timestamp_ms, headers = record
-        if type(topic) is not str or not topic:
-            raise TypeError(f"topic must be a non-empty str, got {topic!r}")
-        key_bytes = self._key_serializer(key) if self._key_serializer is not None else check_bytes(
-            "key", topic, key, "key_serializer")
-        value_bytes = self._value_serializer(value) if self._value_serializer is not None else check_bytes(
-            "value", topic, value, "value_serializer")
-        info = self._cluster.topics.get(topic)
+        if self._key_serializer is not None:
+            key = self._key_serializer(key)
+        elif key is not None and type(key) is not bytes:
+            key = check_bytes("key", topic, key, "key_serializer")
+        if self._value_serializer is not None:
+            value = self._value_serializer(value)
+        elif value is not None and type(value) is not bytes:
+            value = check_bytes("value", topic, value, "value_serializer")
+        info = self._topics.get(topic) if type(topic) is str else None
         if info is None:
-            info = await self._cluster.wait_for_topic(topic, self._max_block)
+            info = await self._topic_info(topic)
         num_partitions = info.num_partitions
         if partition is None:
-            partition = self._partitioner.partition(topic, key_bytes, num_partitions)
+            partition = self._partitioner.partition(topic, key, num_partitions)
             if type(partition) is not int or not 0 <= partition < num_partitions:
                 raise ValueError(f"partitioner returned partition {partition!r} for topic {topic!r}, "
                                  f"which has partitions 0..{num_partitions - 1}")
@@ -156,28 +167,33 @@ class Producer:
             raise ValueError(f"partition {partition!r} out of range for topic {topic!r}, "
                              f"which has {num_partitions} partition(s) (0..{num_partitions - 1})")
         if timestamp_ms is None:
-            timestamp_ms = int(time.time() * 1000)
-        size = record_size_upper_bound(key_bytes, value_bytes, headers)
-        if size > self.config.max_request_size or size > self.config.buffer_memory:
-            limit = min(self.config.max_request_size, self.config.buffer_memory)
-            raise errors.RecordTooLargeError(
-                f"record for {topic}-{partition} is {size} bytes serialized, over the limit of {limit} "
-                f"(max_request_size={self.config.max_request_size}, buffer_memory={self.config.buffer_memory})")
+            timestamp_ms = int(_time() * 1000)
+        size = record_size_upper_bound(key, value, headers)
+        if size > self._max_record_size:
+            self._record_too_large(topic, partition, size)
         accumulator = self._accumulator
         if not accumulator.try_reserve(size):
             await self._wait_for_memory(size, topic, partition)
-            if self._state is not State.RUNNING:
-                accumulator.release(size)
-                raise errors.ProducerClosedError(f"producer closed while send() to {topic!r} waited for memory")
         try:
-            handle = accumulator.append(topic, partition, timestamp_ms, key_bytes, value_bytes, headers, size)
+            handle = accumulator.append(topic, partition, timestamp_ms, key, value, headers, size)
         except BaseException:
             accumulator.release(size)
             raise
         self._partitioner.record_appended(topic, partition, size, num_partitions)
-        if self._interceptors:
+        if self._has_interceptors:
             handle.add_done_callback(self._acknowledge)
         return handle
+
+    async def _topic_info(self, topic):
+        if type(topic) is not str or not topic:
+            raise TypeError(f"topic must be a non-empty str, got {topic!r}")
+        return await self._cluster.wait_for_topic(topic, self._max_block)
+
+    def _record_too_large(self, topic: str, partition: int, size: int):
+        raise errors.RecordTooLargeError(
+            f"record for {topic}-{partition} is {size} bytes serialized, over the limit of "
+            f"{self._max_record_size} (max_request_size={self.config.max_request_size}, "
+            f"buffer_memory={self.config.buffer_memory})")
 
     def _acknowledge(self, handle) -> None:
         if handle.cancelled():
@@ -199,6 +215,9 @@ class Producer:
         except BaseException:
             accumulator.abandon_waiter(waiter)
             raise
+        if self._state is not State.RUNNING:
+            accumulator.release(size)
+            raise errors.ProducerClosedError(f"producer closed while send() to {topic!r} waited for memory")
 
     async def send_and_wait(self, topic: str, value=None, key=None, partition: Optional[int] = None,
                             timestamp_ms: Optional[int] = None, headers=None):
