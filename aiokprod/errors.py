@@ -238,3 +238,33 @@ ProducerFencedError = ERROR_CLASSES[90]
 UnknownTopicIdError = ERROR_CLASSES[100]
 TransactionalIdNotFoundError = ERROR_CLASSES[105]
 TransactionAbortableError = ERROR_CLASSES[120]
+
+
+# -- what the sender does with a Produce error ----------------------------------------------------------------
+class ProduceAction:
+    """The sender's decision for one partition's answer (see :func:`classify_produce_error`)."""
+
+    SUCCEED = "succeed"                  # delivered (or already delivered: a duplicate of a retried batch)
+    RETRY = "retry"                      # back to the queue, after backoff
+    REFRESH_AND_RETRY = "refresh_retry"  # the same, after asking for fresh metadata (leader moved, ...)
+    RESET_AND_RETRY = "reset_retry"      # idempotence state lost or diverged: new producer id, renumber
+    FAIL = "fail"                        # the batch fails with the error
+
+
+def classify_produce_error(code: int, *, idempotent: bool, earlier_batch_failed: bool) -> str:
+    """One place that decides retry / refresh / reset / fail for a Produce partition error code.
+
+    ``earlier_batch_failed``: an earlier batch of the same partition failed retriably while this one was in
+    flight, so an OUT_OF_ORDER_SEQUENCE answer is the expected echo of that gap, not lost broker state.
+    """
+    if code == 0 or code == 46:  # NONE, DUPLICATE_SEQUENCE_NUMBER (an earlier attempt was written)
+        return ProduceAction.SUCCEED
+    if idempotent:
+        if code == 59:  # UNKNOWN_PRODUCER_ID: the broker forgot us (restart, retention)
+            return ProduceAction.RESET_AND_RETRY
+        if code == 45:  # OUT_OF_ORDER_SEQUENCE_NUMBER
+            return ProduceAction.RETRY if earlier_batch_failed else ProduceAction.RESET_AND_RETRY
+    info = ERROR_CODES.get(code)
+    if info is None or not info[1]:
+        return ProduceAction.FAIL
+    return ProduceAction.REFRESH_AND_RETRY if info[2] else ProduceAction.RETRY

@@ -26,16 +26,12 @@ import time
 from typing import Optional
 
 from . import errors
+from .errors import ProduceAction, classify_produce_error
 from .protocol import InitProducerIdRequest, ProduceRequest
 from .protocol.produce import encode_produce_request
 
 log = logging.getLogger("aiokprod.sender")
 
-DUPLICATE_SEQUENCE_NUMBER = 46
-OUT_OF_ORDER_SEQUENCE_NUMBER = 45
-UNKNOWN_PRODUCER_ID = 59
-INVALID_PRODUCER_EPOCH = 47
-PRODUCER_FENCED = 90
 
 
 class ProducerIdentity:
@@ -267,25 +263,22 @@ class Sender:
 
     def _settle_partition(self, batch, queue, part) -> None:
         code = part.error_code
-        if code == 0:
+        action = classify_produce_error(code, idempotent=self.idempotent, earlier_batch_failed=queue.blocked)
+        if action is ProduceAction.SUCCEED:
+            # DUPLICATE_SEQUENCE_NUMBER lands here too: an earlier attempt was written, its answer lost.
             self._succeed(batch, part.base_offset, part.log_append_time_ms)
             return
-        if code == DUPLICATE_SEQUENCE_NUMBER:
-            # The broker already has this batch (an earlier attempt's answer was lost).
-            self._succeed(batch, part.base_offset, part.log_append_time_ms)
-            return
-        message = getattr(part, "error_message", None)
-        error = errors.for_code(code, message, topic=batch.topic, partition=batch.partition)
-        if self.idempotent and code == UNKNOWN_PRODUCER_ID:
+        error = errors.for_code(code, getattr(part, "error_message", None), topic=batch.topic,
+                                partition=batch.partition)
+        if action is ProduceAction.RESET_AND_RETRY:
+            # The broker forgot our producer id, or its sequences and ours diverged: start over with a
+            # new id once everything in flight came back (see _run).
             self.identity.needs_reset = True
             self._retry(batch, error, refresh=False)
-        elif self.idempotent and code == OUT_OF_ORDER_SEQUENCE_NUMBER:
-            if not queue.blocked:
-                # No earlier batch of ours failed, so the broker's state and ours disagree: start over.
-                self.identity.needs_reset = True
+        elif action is ProduceAction.RETRY:
             self._retry(batch, error, refresh=False)
-        elif error.retriable:
-            self._retry(batch, error, refresh=error.needs_metadata_refresh)
+        elif action is ProduceAction.REFRESH_AND_RETRY:
+            self._retry(batch, error, refresh=True)
         else:
             self._settle_error(batch, error, fatal=True)
 
