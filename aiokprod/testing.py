@@ -104,7 +104,9 @@ class EmbeddedBroker:
         if process.poll() is None:
             process.terminate()
             try:
-                process.wait(5)
+                # Tansu waits for its clients to go away on SIGTERM; storage is in memory, so there is
+                # nothing a graceful shutdown would save: don't wait long before killing it.
+                process.wait(0.5)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
