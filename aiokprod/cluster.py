@@ -1,8 +1,11 @@
 """Cluster metadata and the connection pool.
 
 The cache maps topics to their partitions and leaders and node ids to addresses. Refreshes are coalesced:
-whoever asks while one is in flight shares its round trip. Connections are opened lazily, one per broker,
-and a failed connect puts the broker in a short back-off so a dead broker is not hammered.
+whoever asks while one is in flight shares its round trip, which runs in a task of its own so that a caller
+giving up (cancelled, or timed out by ``wait_for``) does not cancel it under the others. Background refreshes
+(``request_refresh``) are spaced by ``retry_backoff_ms`` after a failure, so callers that ask in a loop while
+the cluster is down do not turn into a connect loop. Connections are opened lazily, one per broker, and a
+failed connect puts the broker in a short back-off so a dead broker is not hammered.
 """
 from __future__ import annotations
 
@@ -41,7 +44,15 @@ class Cluster:
         self._connecting: dict[int, asyncio.Task] = {}
         self._backoff_until: dict[int, float] = {}
         self._bootstrap_connection: Optional[BrokerConnection] = None
-        self._refresh_future: Optional[asyncio.Future] = None
+        self._last_connect_error: dict[int, BaseException] = {}
+        # The metadata round trip in flight, and the generation of wanted_topics it asked for: a caller
+        # whose topics were added later (a higher generation) cannot be served by it.
+        self._refresh_task: Optional[asyncio.Task] = None
+        self._refresh_generation = 0
+        self._wanted_generation = 0
+        self._refresh_backoff_until = 0.0
+        self._refresh_later: Optional[asyncio.TimerHandle] = None
+        self.topic_errors: dict[str, int] = {}  # topic -> the error code of its last Metadata answer
         self._closed = False
         self._tasks: set[asyncio.Task] = set()
 
@@ -104,7 +115,10 @@ class Cluster:
         await asyncio.shield(task)
         connection = self._connections.get(node_id)
         if connection is None or connection.closed:
-            raise errors.KafkaConnectionError(f"cannot connect to broker node {node_id} {self.brokers.get(node_id)}")
+            reason = self._last_connect_error.get(node_id)
+            raise errors.KafkaConnectionError(
+                f"cannot connect to broker node {node_id} {self.brokers.get(node_id)}"
+                + (f": {reason}" if reason else ""))
         return connection
 
     async def _connect(self, node_id: int) -> None:
@@ -119,10 +133,12 @@ class Cluster:
             connection.on_close = self._connection_closed
             self._connections[node_id] = connection
             self._backoff_until.pop(node_id, None)
+            self._last_connect_error.pop(node_id, None)
         except errors.AuthenticationError:
             raise
         except (errors.KafkaError, OSError) as exc:
             log.warning("cannot connect to broker node %s: %s", node_id, exc)
+            self._last_connect_error[node_id] = exc
             self._backoff_until[node_id] = time.monotonic() + self.config.retry_backoff_ms / 1000.0
         finally:
             self._connecting.pop(node_id, None)
@@ -161,53 +177,111 @@ class Cluster:
 
     # -- metadata -----------------------------------------------------------------------------------------
     def request_refresh(self) -> None:
-        """Refresh in the background (coalesced with any refresh in flight)."""
-        if self._closed or (self._refresh_future is not None and not self._refresh_future.done()):
-            return
-        task = asyncio.get_running_loop().create_task(self._refresh_quietly())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Refresh in the background (coalesced with any refresh in flight).
 
-    async def _refresh_quietly(self) -> None:
-        try:
-            await self.refresh()
-        except (errors.KafkaError, OSError) as exc:
+        After a failed refresh, the next background one waits out ``retry_backoff_ms``: the sender asks on
+        every wake-up while leaders are unknown, and a failed connect wakes it, so without this spacing a
+        dead cluster would be dialled in a tight loop.
+        """
+        if self._closed or self._refreshing():
+            return
+        delay = self._refresh_backoff_until - time.monotonic()
+        if delay > 0:
+            if self._refresh_later is None:
+                self._refresh_later = asyncio.get_running_loop().call_later(delay, self._refresh_after_backoff)
+            return
+        self._start_refresh()
+
+    def _refresh_after_backoff(self) -> None:
+        self._refresh_later = None
+        self.request_refresh()
+
+    def _refreshing(self) -> bool:
+        return self._refresh_task is not None and not self._refresh_task.done()
+
+    def _start_refresh(self) -> asyncio.Task:
+        # Snapshot the wanted topics now, synchronously, so the generation recorded matches what is asked.
+        names = sorted(self.wanted_topics)
+        self._refresh_generation = self._wanted_generation
+        task = self._refresh_task = asyncio.get_running_loop().create_task(self._do_refresh(names))
+        self._tasks.add(task)
+        task.add_done_callback(self._refresh_done)
+        return task
+
+    def _refresh_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()  # retrieved here, so a refresh nobody awaited is not "never retrieved"
+        if exc is None:
+            self._refresh_backoff_until = 0.0
+        else:
+            self._refresh_backoff_until = time.monotonic() + self.config.retry_backoff_ms / 1000.0
             log.warning("metadata refresh failed: %s", exc)
 
     async def refresh(self, topics: Optional[set] = None) -> None:
-        """Fetch metadata for every wanted topic (plus ``topics``); concurrent callers share one request."""
-        if topics:
-            new = set(topics) - self.wanted_topics
-            self.wanted_topics |= set(topics)
-        else:
-            new = set()
-        future = self._refresh_future
-        if future is not None and not future.done():
-            await asyncio.shield(future)
-            if not new:
-                return
-            # The shared round trip did not ask for our topics: one more.
-        future = self._refresh_future = asyncio.get_running_loop().create_future()
-        try:
-            await self._do_refresh()
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here; callers see the exception we raise
-            raise
-        else:
-            future.set_result(None)
+        """Fetch metadata for every wanted topic (plus ``topics``); concurrent callers share one round trip.
 
-    async def _do_refresh(self) -> None:
-        connection = await self.any_connection()
-        version = connection.version_for(MetadataRequest)
-        topics = [MetadataRequest.MetadataRequestTopic(name=name) for name in sorted(self.wanted_topics)]
+        Raises what the round trip raised (``KafkaConnectionError`` when no broker answers). Cancelling
+        the caller does not cancel the round trip that others may share.
+        """
+        if self._closed:
+            raise errors.KafkaConnectionError("cluster is closed")
+        if topics:
+            added = set(topics) - self.wanted_topics
+            if added:
+                self.wanted_topics |= added
+                self._wanted_generation += 1
+        needed = self._wanted_generation
+        while True:
+            if self._closed:
+                raise errors.KafkaConnectionError("cluster is closed")
+            if not self._refreshing():
+                await self._join(self._start_refresh())
+                return
+            if self._refresh_generation >= needed:
+                await self._join(self._refresh_task)  # it asked for everything we want: share it
+                return
+            # The round trip in flight was started before our topics were added: let it land (its
+            # failure is not ours to report), then start the next one, or join whoever started it first.
+            try:
+                await self._join(self._refresh_task)
+            except errors.KafkaError:
+                pass
+
+    @staticmethod
+    async def _join(task: asyncio.Task) -> None:
+        """Await a shared round trip without letting our cancellation reach it."""
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                # Only close() cancels the shared task; we were not cancelled ourselves.
+                raise errors.KafkaConnectionError("metadata refresh abandoned: the cluster is closing") from None
+            raise
+
+    async def _do_refresh(self, names: list) -> None:
+        topics = [MetadataRequest.MetadataRequestTopic(name=name) for name in names]
         request = MetadataRequest(topics=topics, allow_auto_topic_creation=self.config.allow_auto_create_topics)
-        response = await connection.request(request, version)
+        connection = await self.any_connection()
+        try:
+            response = await connection.request(request, connection.version_for(MetadataRequest))
+        except errors.KafkaConnectionError:
+            # A pooled connection can be dead without our knowing yet (a restarted broker's FIN is read
+            # only when the loop polls the socket, possibly after we wrote). It is closed and out of the
+            # pool now, so one more try goes to a fresh connection instead of failing the refresh.
+            connection = await self.any_connection()
+            response = await connection.request(request, connection.version_for(MetadataRequest))
         self._apply(response)
 
     def _apply(self, response) -> None:
         self.brokers = {broker.node_id: (broker.host, broker.port) for broker in response.brokers}
         for topic in response.topics:
+            if topic.error_code:
+                self.topic_errors[topic.name] = topic.error_code
+            else:
+                self.topic_errors.pop(topic.name, None)
             if topic.error_code == 0 and topic.partitions:
                 self.topics[topic.name] = TopicInfo(
                     topic.name, {p.partition_index: (p.leader_id if p.error_code in (0, 9) else -1)
@@ -222,23 +296,40 @@ class Cluster:
             self.on_change()
 
     async def wait_for_topic(self, topic: str, timeout: float) -> TopicInfo:
-        """Metadata for ``topic``, refreshing until it appears; UnknownTopicError after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
+        """Metadata for ``topic``, refreshing until it appears.
+
+        After ``timeout`` seconds (the producer's max_block_ms), ``KafkaTimeoutError`` as the Java client's
+        "Topic X not present in metadata after N ms" does, chained to the last cause (the broker's
+        UNKNOWN_TOPIC_OR_PARTITION, or the connection error). Each refresh is bounded by the time left, so
+        a broker that does not answer cannot hold the caller for request_timeout_ms past the deadline.
+        An invalid topic name or a denied topic fails at once: waiting would not change the answer.
+        """
+        start = time.monotonic()
+        deadline = start + timeout
         backoff = self.config.retry_backoff_ms / 1000.0
-        last_error = None
+        last_error: Optional[BaseException] = None
         while True:
+            remaining = deadline - time.monotonic()
             try:
-                await self.refresh({topic})
+                await asyncio.wait_for(self.refresh({topic}), max(remaining, 0.001))
             except errors.KafkaError as exc:
                 last_error = exc
+            except asyncio.TimeoutError:
+                last_error = errors.KafkaTimeoutError("the metadata request did not complete in time")
             info = self.topics.get(topic)
             if info is not None:
                 return info
+            code = self.topic_errors.get(topic)
+            if code is not None:
+                last_error = errors.for_code(code, topic=topic)
+                if code in (17, 29):  # INVALID_TOPIC_EXCEPTION, TOPIC_AUTHORIZATION_FAILED
+                    raise last_error
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 detail = f" (last error: {last_error})" if last_error else ""
-                raise errors.UnknownTopicOrPartitionError(topic=topic, broker_message=
-                    f"topic {topic!r} not found in metadata after {timeout:.1f}s (max_block_ms){detail}")
+                raise errors.KafkaTimeoutError(
+                    f"topic {topic!r} not present in metadata after {(time.monotonic() - start) * 1000:.0f} ms "
+                    f"(max_block_ms={timeout * 1000:.0f}){detail}") from last_error
             await asyncio.sleep(min(backoff, remaining))
             backoff = min(backoff * 2, 1.0)
 
@@ -250,6 +341,9 @@ class Cluster:
 
     async def close(self) -> None:
         self._closed = True
+        if self._refresh_later is not None:
+            self._refresh_later.cancel()
+            self._refresh_later = None
         for task in list(self._connecting.values()) + list(self._tasks):
             task.cancel()
         for task in list(self._connecting.values()) + list(self._tasks):
