@@ -29,18 +29,6 @@ def make_cluster(bootstrap: str, **settings) -> Cluster:
     return Cluster(ProducerConfig(bootstrap_servers=bootstrap, **settings))
 
 
-def crash_and_restart(embedded) -> None:
-    """Kill the broker process (a crash), then start it again on the same port (memory storage: empty).
-
-    Why not ``EmbeddedBroker.restart()`` alone: Tansu's SIGTERM shutdown waits for connected clients, so
-    ``stop()`` with our connections open always spends its 5 s grace period and then kills anyway. Killing
-    first gives the same broker state, as a crash would, without the 5 s.
-    """
-    embedded._process.kill()
-    embedded._process.wait(5)
-    embedded.restart()  # stop() finds the process gone; start() waits until the port listens
-
-
 async def wait_until(predicate, timeout: float = NO_HANG) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -239,8 +227,7 @@ async def test_background_refresh_backs_off_while_the_cluster_is_down(fresh_brok
     try:
         await cluster.bootstrap()
         await cluster.connection(111)
-        fresh_broker._process.kill()  # a crash (see crash_and_restart for why not stop())
-        fresh_broker._process.wait(5)
+        fresh_broker.stop()
         await wait_until(lambda: (cluster._bootstrap_connection.closed
                                   and all(c.closed for c in cluster._connections.values())))
         opens.clear()
@@ -254,7 +241,7 @@ async def test_background_refresh_backs_off_while_the_cluster_is_down(fresh_brok
         assert 0 < len(opens) <= 16, len(opens)
         # And it keeps trying by itself: once the broker is back, a pending delayed refresh succeeds.
         before = cluster.last_refresh
-        fresh_broker.restart()
+        fresh_broker.start()
         cluster.request_refresh()
         await wait_until(lambda: cluster.last_refresh > before)
     finally:
@@ -291,7 +278,7 @@ async def test_reconnects_after_a_broker_restart(fresh_broker, topic_name):
         old = await cluster.connection(111)
         assert cluster.topics[topic_name].num_partitions == 2
 
-        crash_and_restart(fresh_broker)  # memory storage: the topic is gone after this
+        fresh_broker.restart()  # memory storage: the topic is gone after this
         # No sleep: the first refresh may write to the dead socket before the loop has read its EOF; it
         # must still succeed (the dead connection is dropped and a fresh one made).
         await asyncio.wait_for(cluster.refresh(), NO_HANG)
