@@ -116,6 +116,8 @@ class Cluster:
         connection = self._connections.get(node_id)
         if connection is None or connection.closed:
             reason = self._last_connect_error.get(node_id)
+            if isinstance(reason, errors.AuthenticationError):
+                raise reason  # not a network problem: the caller must see it as what it is
             raise errors.KafkaConnectionError(
                 f"cannot connect to broker node {node_id} {self.brokers.get(node_id)}"
                 + (f": {reason}" if reason else ""))
@@ -134,9 +136,11 @@ class Cluster:
             self._connections[node_id] = connection
             self._backoff_until.pop(node_id, None)
             self._last_connect_error.pop(node_id, None)
-        except errors.AuthenticationError:
-            raise
         except (errors.KafkaError, OSError) as exc:
+            # Authentication failures too: they are kept for connection() to raise as they are, and they
+            # get the back-off, or the sender (woken by on_change below, asking connection_nowait again)
+            # would log in with the wrong password in a tight loop. This task never raises, so a
+            # connection_nowait task nobody awaits does not end as "exception was never retrieved".
             log.warning("cannot connect to broker node %s: %s", node_id, exc)
             self._last_connect_error[node_id] = exc
             self._backoff_until[node_id] = time.monotonic() + self.config.retry_backoff_ms / 1000.0
@@ -165,12 +169,16 @@ class Cluster:
         for node_id in nodes:
             try:
                 return await self.connection(node_id)
+            except errors.AuthenticationError:
+                raise  # another broker will not take these credentials either; not a connection error
             except errors.KafkaError as exc:
                 failures.append(str(exc))
         for host, port in self.config.bootstrap_list:
             try:
                 self._bootstrap_connection = await self._open(host, port, -1)
                 return self._bootstrap_connection
+            except errors.AuthenticationError:
+                raise
             except errors.KafkaError as exc:
                 failures.append(f"{host}:{port}: {exc}")
         raise errors.KafkaConnectionError("no broker reachable: " + "; ".join(failures))

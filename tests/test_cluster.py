@@ -346,3 +346,27 @@ async def test_sasl_wrong_password_is_not_retried_as_a_connection_error(sasl_bro
             await asyncio.wait_for(cluster.bootstrap(), NO_HANG)
     finally:
         await cluster.close()
+
+
+async def test_authentication_failure_on_a_broker_connection_is_kept_and_backed_off(sasl_broker):
+    """A leader connection that fails SASL: connection() raises AuthenticationError (not a retriable
+    connection error), and connection_nowait(), which the sender calls on every wake-up, does not log in
+    again and again."""
+    cluster = make_cluster(sasl_broker.bootstrap, security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
+                           sasl_plain_username="bob", sasl_plain_password="wrong", retry_backoff_ms=200)
+    host, port = sasl_broker.bootstrap.rsplit(":", 1)
+    cluster.brokers = {111: (host, int(port))}  # as if a bootstrap had told us (it cannot: bad password)
+    try:
+        with pytest.raises(errors.SaslAuthenticationFailedError):
+            await cluster.connection(111)
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            assert cluster.connection_nowait(111) is None
+            await asyncio.sleep(0.005)
+        await wait_until(lambda: not cluster._connecting)
+        # The first failure plus at most one or two after each 200 ms back-off, not one per 5 ms call.
+        assert sasl_broker.proxy.stats["auth_failed:PLAIN"] <= 3
+        with pytest.raises(errors.AuthenticationError):  # a refresh says so too, not "no broker reachable"
+            await cluster.refresh()
+    finally:
+        await cluster.close()
