@@ -122,6 +122,9 @@ class Producer:
         finally:
             await self._sender.close(errors.ProducerClosedError("producer stopped before the record was delivered"))
             await self._cluster.close()
+            # Failing a batch schedules its handles' completion with one call_soon; yield once so that
+            # every handle is done() when stop() returns (callbacks run FIFO, before our resumption).
+            await asyncio.sleep(0)
             self._interceptors.close()
             self._state = State.CLOSED
 
