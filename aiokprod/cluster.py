@@ -359,8 +359,10 @@ class Cluster:
                 await task
             except BaseException:
                 pass
-        for connection in list(self._connections.values()):
-            connection.close()
-        self._connections.clear()
+        # Graceful: requests already written (acks=0 produces have no answer to wait for) must still
+        # leave the socket before it closes.
+        connections = list(self._connections.values())
         if self._bootstrap_connection is not None:
-            self._bootstrap_connection.close()
+            connections.append(self._bootstrap_connection)
+        self._connections.clear()
+        await asyncio.gather(*(connection.aclose() for connection in connections))

@@ -309,11 +309,26 @@ class BrokerConnection(asyncio.Protocol):
                 waiter.set_result(None)
 
     def connection_lost(self, exc) -> None:
+        if self._close_waiter is not None and not self._close_waiter.done():
+            self._close_waiter.set_result(None)
         self.close(errors.KafkaConnectionError(
             f"connection to {self.host}:{self.port} (node {self.node_id}) lost" + (f": {exc}" if exc else "")))
 
-    def close(self, exc: Optional[BaseException] = None) -> None:
-        """Close and fail every pending request with ``exc`` (a connection error by default)."""
+    async def aclose(self, timeout: float = 2.0) -> None:
+        """Close gracefully: what is already written (acks=0 produces!) still reaches the broker."""
+        self.close(graceful=True)
+        if self._close_waiter is not None and not self._close_waiter.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._close_waiter), timeout)
+            except asyncio.TimeoutError:
+                self._transport.abort()
+
+    def close(self, exc: Optional[BaseException] = None, graceful: bool = False) -> None:
+        """Close and fail every pending request with ``exc`` (a connection error by default).
+
+        ``graceful`` lets the transport flush its write buffer first; otherwise it is aborted (a broken or
+        corrupt stream must not be written to any more).
+        """
         if self._closed_exc is not None:
             return
         self._closed_exc = exc or errors.KafkaConnectionError(
@@ -322,13 +337,16 @@ class BrokerConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         if self._transport is not None:
-            self._transport.abort()
+            if graceful:
+                self._transport.close()
+            else:
+                self._transport.abort()
         pending, self._pending = self._pending, collections.deque()
         for item in pending:
             if not item.future.done():
                 item.future.set_exception(self._closed_exc)
         self._wake_drain_waiters()
-        if self._close_waiter is not None and not self._close_waiter.done():
+        if self._transport is None and self._close_waiter is not None and not self._close_waiter.done():
             self._close_waiter.set_result(None)
         if self.on_close is not None:
             callback, self.on_close = self.on_close, None
