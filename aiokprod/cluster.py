@@ -70,7 +70,10 @@ class Cluster:
         )
 
     async def _open(self, host: str, port: int, node_id: int) -> BrokerConnection:
-        return await BrokerConnection.open(host, port, node_id=node_id, **self._connection_kwargs())
+        return await BrokerConnection.open(
+            host, port, node_id=node_id,
+            connect_timeout_ms=min(self.config.socket_connection_setup_timeout_ms, self.config.request_timeout_ms),
+            **self._connection_kwargs())
 
     async def bootstrap(self) -> None:
         """Connect to the first bootstrap address that answers and learn the cluster from it."""

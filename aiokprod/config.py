@@ -57,6 +57,9 @@ class ProducerConfig:
     sasl_plain_username: Optional[str] = None
     sasl_plain_password: Optional[str] = None
     connections_max_idle_ms: int = 540000
+    # Opening a connection (TCP, TLS, ApiVersions, SASL) gives up after this: an address that silently
+    # drops packets must not hold start() for a whole request_timeout_ms (the Java client's 10 s).
+    socket_connection_setup_timeout_ms: int = 10000
     stop_timeout_ms: int = 30000
 
     # Filled in by validate(): the normalised forms the other modules use.
@@ -95,7 +98,7 @@ class ProducerConfig:
             ("request_timeout_ms", 1), ("retry_backoff_ms", 0), ("retry_backoff_max_ms", 0),
             ("delivery_timeout_ms", 1), ("max_in_flight_requests_per_connection", 1),
             ("metadata_max_age_ms", 0), ("transaction_timeout_ms", 1), ("stop_timeout_ms", 0),
-            ("connections_max_idle_ms", 0),
+            ("connections_max_idle_ms", 0), ("socket_connection_setup_timeout_ms", 1),
         ):
             _check_int(name, getattr(self, name), low)
         if not isinstance(self.linger_ms, (int, float)) or isinstance(self.linger_ms, bool) or self.linger_ms < 0:
@@ -219,4 +222,5 @@ DOTTED_NAMES = {
     "sasl.username": "sasl_plain_username",
     "sasl.password": "sasl_plain_password",
     "connections.max.idle.ms": "connections_max_idle_ms",
+    "socket.connection.setup.timeout.ms": "socket_connection_setup_timeout_ms",
 }

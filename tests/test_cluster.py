@@ -370,3 +370,28 @@ async def test_authentication_failure_on_a_broker_connection_is_kept_and_backed_
             await cluster.refresh()
     finally:
         await cluster.close()
+
+
+async def test_start_against_a_silent_address_gives_up_after_the_setup_timeout():
+    """A peer that accepts TCP but never answers must not hold start() for request_timeout_ms (30 s)."""
+    accepted = []
+
+    async def swallow(reader, writer):
+        accepted.append(writer)
+        await reader.read()  # read and never answer
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        producer = Producer(f"127.0.0.1:{port}", request_timeout_ms=30000,
+                            socket_connection_setup_timeout_ms=300)
+        started = time.monotonic()
+        with pytest.raises(errors.KafkaConnectionError, match=f"127.0.0.1:{port}"):
+            await producer.start()
+        assert time.monotonic() - started < 5.0
+        assert accepted, "the client should have reached the silent server"
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
