@@ -1,0 +1,293 @@
+"""Bad input, dead brokers and full buffers: the producer fails fast and clearly, never hangs, and stays usable.
+
+After every refused send a following send succeeds. A broker that dies after start makes sends fail within
+``delivery_timeout_ms`` and ``stop()`` return within its timeout, leaving no task behind. ``buffer_memory``
+is never exceeded, blocked senders get through in FIFO order, and cancelling them corrupts nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from aiokprod import Producer, errors
+from aiokprod.testing import free_port
+from helpers import no_tasks_left, read_back_async
+from proxy_fixtures import kafka_proxy  # noqa: F401
+
+# Generous "nothing hangs" bound, never a performance claim.
+NO_HANG = 20.0
+
+
+async def _still_usable(producer, topic):
+    handle = await asyncio.wait_for(producer.send(topic, b"after the error", partition=0), NO_HANG)
+    await asyncio.wait_for(producer.flush(), NO_HANG)  # some tests linger for a minute
+    meta = handle.result()
+    assert meta.topic == topic and meta.offset >= 0
+
+
+# -- bad input --------------------------------------------------------------------------------------------
+
+async def test_record_over_max_request_size(broker, topic_name):
+    async with Producer(broker.bootstrap, max_request_size=1000, linger_ms=1) as producer:
+        with pytest.raises(errors.RecordTooLargeError, match=r"is \d+ bytes serialized, over the limit of 1000") as info:
+            await producer.send(topic_name, value=b"x" * 2000, partition=0)
+        assert f"{topic_name}-0" in str(info.value)
+        size = int(str(info.value).split(" is ")[1].split()[0])
+        assert size > 2000
+        await _still_usable(producer, topic_name)
+        assert producer.metrics()["buffer_used_bytes"] == 0  # nothing reserved by the refused record
+
+
+async def test_record_over_buffer_memory(broker, topic_name):
+    async with Producer(broker.bootstrap, buffer_memory=4096, batch_size=1024, linger_ms=1) as producer:
+        with pytest.raises(errors.RecordTooLargeError, match="buffer_memory=4096"):
+            await producer.send(topic_name, value=b"x" * 5000, partition=0)
+        await _still_usable(producer, topic_name)
+
+
+@pytest.mark.parametrize("value", [123, "text", 1.5, {"a": 1}, [b"x"]], ids=["int", "str", "float", "dict", "list"])
+async def test_wrong_value_type(broker, topic_name, value):
+    async with Producer(broker.bootstrap, linger_ms=1) as producer:
+        with pytest.raises(TypeError, match=type(value).__name__):
+            await producer.send(topic_name, value=value, partition=0)
+        with pytest.raises(TypeError):
+            await producer.send(topic_name, value=b"v", key=value, partition=0)
+        await _still_usable(producer, topic_name)
+        assert producer.metrics()["buffer_used_bytes"] == 0
+
+
+async def test_bad_headers_and_topic(broker, topic_name):
+    async with Producer(broker.bootstrap, linger_ms=1) as producer:
+        with pytest.raises(TypeError):
+            await producer.send(topic_name, value=b"v", partition=0, headers=[("k", 5)])
+        with pytest.raises(TypeError):
+            await producer.send(topic_name, value=b"v", partition=0, headers="nope")
+        with pytest.raises(TypeError):
+            await producer.send(b"bytes-topic", value=b"v")
+        with pytest.raises(TypeError):
+            await producer.send("", value=b"v")
+        await _still_usable(producer, topic_name)
+        assert producer.metrics()["buffer_used_bytes"] == 0
+
+
+async def test_unknown_topic_without_auto_create(broker, topic_name):
+    async with Producer(broker.bootstrap, allow_auto_create_topics=False, max_block_ms=300,
+                        linger_ms=1) as producer:
+        started = time.monotonic()
+        with pytest.raises(errors.KafkaError, match=topic_name) as info:
+            await asyncio.wait_for(producer.send(topic_name, value=b"v"), NO_HANG)
+        assert time.monotonic() - started >= 0.25  # it waited max_block_ms for the topic to appear
+        assert isinstance(info.value, (errors.UnknownTopicOrPartitionError, errors.KafkaTimeoutError))
+        # Still usable for a topic that exists (the session broker auto-creates for other producers).
+        async with Producer(broker.bootstrap, linger_ms=1) as other:
+            await other.send_and_wait(topic_name + "-exists", b"create it")
+        meta = await asyncio.wait_for(producer.send_and_wait(topic_name + "-exists", b"v", partition=0), NO_HANG)
+        assert meta.offset >= 0
+
+
+@pytest.mark.parametrize("partition", [4, 99, -1])
+async def test_partition_out_of_range(broker, topic_name, partition):
+    async with Producer(broker.bootstrap, linger_ms=1) as producer:
+        assert len(await producer.partitions_for(topic_name)) == 4  # Tansu auto-creates 4
+        with pytest.raises(ValueError, match=rf"partition {partition}\b.*{topic_name}"):
+            await producer.send(topic_name, value=b"v", partition=partition)
+        await _still_usable(producer, topic_name)
+
+
+async def test_partitioner_out_of_range_is_refused(broker, topic_name):
+    async with Producer(broker.bootstrap, linger_ms=1, partitioner=lambda t, k, parts: len(parts)) as producer:
+        with pytest.raises(ValueError, match=topic_name):
+            await producer.send(topic_name, value=b"v")
+        await _still_usable(producer, topic_name)
+
+
+async def test_send_after_stop(broker, topic_name):
+    producer = Producer(broker.bootstrap, linger_ms=1)
+    await producer.start()
+    await producer.send_and_wait(topic_name, b"before", partition=0)
+    await producer.stop()
+    with pytest.raises(errors.ProducerClosedError):
+        await producer.send(topic_name, b"after")
+    with pytest.raises(errors.ProducerClosedError):
+        await producer.flush()
+    await producer.stop()  # a second stop is harmless
+    # A closed producer cannot be restarted, but a new one works.
+    with pytest.raises(errors.IllegalStateError):
+        await producer.start()
+    async with Producer(broker.bootstrap, linger_ms=1) as again:
+        await _still_usable(again, topic_name)
+
+
+async def test_send_before_start():
+    producer = Producer("127.0.0.1:1")
+    with pytest.raises(errors.ProducerClosedError):
+        await producer.send("t", b"v")
+    await producer.stop()
+
+
+async def test_start_against_dead_address_fails_fast():
+    producer = Producer(f"127.0.0.1:{free_port()}", request_timeout_ms=1000)
+    with pytest.raises(errors.KafkaConnectionError):
+        await asyncio.wait_for(producer.start(), 30)
+    assert await no_tasks_left() == set()
+    with pytest.raises(errors.ProducerClosedError):
+        await producer.send("t", b"v")
+    await producer.stop()
+
+
+# -- broker down ------------------------------------------------------------------------------------------
+
+async def test_broker_down_fails_within_delivery_timeout(fresh_broker, topic_name):
+    producer = Producer(fresh_broker.bootstrap, linger_ms=1, delivery_timeout_ms=2000, request_timeout_ms=1000,
+                        retry_backoff_ms=50, max_block_ms=1000)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic_name, b"up", partition=0)
+        fresh_broker.stop()
+        started = time.monotonic()
+        with pytest.raises(errors.KafkaTimeoutError, match=f"{topic_name}-0"):
+            await asyncio.wait_for(producer.send_and_wait(topic_name, b"down", partition=0), NO_HANG)
+        assert time.monotonic() - started < NO_HANG
+        # Several records in flight or queued: all fail, none hangs.
+        handles = [await producer.send(topic_name, b"down%d" % i, partition=i % 4) for i in range(20)]
+        results = await asyncio.wait_for(asyncio.gather(*handles, return_exceptions=True), NO_HANG)
+        assert all(isinstance(r, errors.KafkaTimeoutError) for r in results), results
+        assert producer.metrics()["buffer_used_bytes"] == 0
+        pending = await producer.send(topic_name, b"never", partition=1)
+    finally:
+        await asyncio.wait_for(producer.stop(timeout=1), NO_HANG)
+    assert pending.done()
+    assert isinstance(pending.exception(), (errors.ProducerClosedError, errors.KafkaTimeoutError))
+    assert await no_tasks_left() == set()
+
+
+async def test_broker_down_before_first_send_of_new_topic(fresh_broker, topic_name):
+    producer = Producer(fresh_broker.bootstrap, linger_ms=1, delivery_timeout_ms=2000, request_timeout_ms=1000,
+                        max_block_ms=800)
+    await producer.start()
+    fresh_broker.stop()
+    with pytest.raises(errors.KafkaError):
+        await asyncio.wait_for(producer.send(topic_name, b"v"), NO_HANG)
+    await asyncio.wait_for(producer.stop(timeout=1), NO_HANG)
+    assert await no_tasks_left() == set()
+
+
+# -- memory -----------------------------------------------------------------------------------------------
+
+BUFFER = 8192
+
+
+async def test_buffer_memory_bounded_with_a_slow_broker(kafka_proxy, broker, topic_name):
+    kafka_proxy.delay_responses(0.05, api="Produce", count=None)
+    seen = []
+    async with Producer(kafka_proxy.bootstrap, buffer_memory=BUFFER, batch_size=1024, linger_ms=1,
+                        max_block_ms=int(NO_HANG * 1000)) as producer:
+        stop_sampling = asyncio.Event()
+
+        async def sample():
+            while not stop_sampling.is_set():
+                seen.append(producer.metrics()["buffer_used_bytes"])
+                await asyncio.sleep(0.001)
+
+        sampler = asyncio.ensure_future(sample())
+
+        async def sender(worker):
+            handles = []
+            for i in range(40):
+                handles.append(await producer.send(topic_name, b"w%d-%d-" % (worker, i) + b"x" * 200))
+                seen.append(producer.metrics()["buffer_used_bytes"])
+            return await asyncio.gather(*handles)
+
+        results = await asyncio.wait_for(asyncio.gather(*(sender(w) for w in range(5))), 60)
+        stop_sampling.set()
+        await sampler
+        assert producer.metrics()["buffer_used_bytes"] == 0
+        metrics = producer.metrics()
+    kafka_proxy.clear_faults()
+    assert max(seen) <= BUFFER
+    assert max(seen) > BUFFER // 2  # the buffer really filled up: the bound was tested
+    assert metrics["buffer_total_bytes"] == BUFFER
+    metas = [m for batch in results for m in batch]
+    stored = await read_back_async(broker.bootstrap, topic_name, range(4), 200)
+    assert len(stored) == 200 == len({(m.partition, m.offset) for m in metas})
+
+
+async def _fill_buffer(producer, topic, size=1000):
+    """Append records (lingering for a minute) until the next one would block; return their handles."""
+    handles = []
+    while producer.metrics()["buffer_available_bytes"] >= size + 200:
+        handles.append(await producer.send(topic, b"f" * size, partition=0))
+    return handles
+
+
+async def test_blocked_senders_get_through_in_fifo_order(broker, topic_name):
+    async with Producer(broker.bootstrap, buffer_memory=BUFFER, batch_size=BUFFER, linger_ms=60_000,
+                        max_block_ms=int(NO_HANG * 1000)) as producer:
+        await producer.partitions_for(topic_name)
+        filler = await _fill_buffer(producer, topic_name)
+        order = []
+
+        async def blocked(i):
+            handle = await producer.send(topic_name, b"%04d" % i + b"b" * 996, partition=1)
+            order.append(i)
+            return handle
+
+        tasks = []
+        for i in range(30):
+            tasks.append(asyncio.ensure_future(blocked(i)))
+            await asyncio.sleep(0)  # each task queues before the next one starts
+        await asyncio.sleep(0.05)
+        assert order == []  # all blocked on the full buffer
+        deadline = time.monotonic() + NO_HANG
+        while not all(t.done() for t in tasks) and time.monotonic() < deadline:
+            await producer.flush(NO_HANG)  # frees memory; the granted waiters fill it again, and so on
+            assert producer.metrics()["buffer_used_bytes"] <= BUFFER
+            await asyncio.sleep(0)
+        handles = await asyncio.gather(*tasks)
+        await producer.flush()
+        assert order == list(range(30))
+        assert all(h.result().offset >= 0 for h in handles + filler)
+    stored = await read_back_async(broker.bootstrap, topic_name, [1], 30)
+    assert [int(s.value[:4]) for s in stored] == list(range(30))  # and stored in that order
+
+
+async def test_max_block_ms_on_full_buffer(broker, topic_name):
+    async with Producer(broker.bootstrap, buffer_memory=BUFFER, batch_size=BUFFER, linger_ms=60_000,
+                        max_block_ms=200) as producer:
+        await producer.partitions_for(topic_name)
+        filler = await _fill_buffer(producer, topic_name)
+        with pytest.raises(errors.KafkaTimeoutError, match=r"no room for a \d+-byte record.*max_block_ms \(200 ms\)"):
+            await asyncio.wait_for(producer.send(topic_name, b"z" * 1000, partition=0), NO_HANG)
+        assert producer.metrics()["buffer_used_bytes"] <= BUFFER
+        await producer.flush()
+        assert all(h.result().offset >= 0 for h in filler)
+        assert producer.metrics()["buffer_used_bytes"] == 0
+        await _still_usable(producer, topic_name)
+
+
+async def test_cancelled_blocked_senders_leave_no_trace(broker, topic_name):
+    async with Producer(broker.bootstrap, buffer_memory=BUFFER, batch_size=BUFFER, linger_ms=60_000,
+                        max_block_ms=int(NO_HANG * 1000)) as producer:
+        await producer.partitions_for(topic_name)
+        await _fill_buffer(producer, topic_name)
+        tasks = [asyncio.ensure_future(producer.send(topic_name, b"c%d" % i + b"c" * 998, partition=2))
+                 for i in range(10)]
+        await asyncio.sleep(0.02)
+        for task in tasks[::2]:
+            task.cancel()
+        # Cancel one just as memory frees up too: flush, then cancel before it resumes.
+        flush = asyncio.ensure_future(producer.flush(NO_HANG))
+        await asyncio.sleep(0)
+        tasks[1].cancel()
+        await flush
+        while not all(t.done() for t in tasks):
+            await producer.flush(NO_HANG)
+            await asyncio.sleep(0)
+        handles = [t.result() for t in tasks if not t.cancelled()]
+        assert len(handles) >= 4
+        await producer.flush(NO_HANG)
+        assert producer.metrics()["buffer_used_bytes"] == 0  # cancelled reservations were given back
+        assert all(h.result().offset >= 0 for h in handles)
+        await _still_usable(producer, topic_name)
