@@ -81,7 +81,7 @@ class ProducerConfig:
                 raise ConfigError(f"unknown producer setting {name!r}")
             if key in kwargs:
                 raise ConfigError(f"producer setting {key!r} given twice (as {name!r})")
-            kwargs[key] = value
+            kwargs[key] = _from_string(key, name, value) if isinstance(value, str) else value
         return cls(**kwargs)
 
     def validate(self) -> None:
@@ -109,6 +109,11 @@ class ProducerConfig:
             raise ConfigError(
                 f"buffer_memory ({self.buffer_memory}) must be at least batch_size ({self.batch_size})"
             )
+        # A non-bool here is a mistake to report, not a truthy value: "false" would switch idempotence on.
+        if self.enable_idempotence is not None and not isinstance(self.enable_idempotence, bool):
+            raise ConfigError(f"enable_idempotence must be True, False or None, got {self.enable_idempotence!r}")
+        if not isinstance(self.allow_auto_create_topics, bool):
+            raise ConfigError(f"allow_auto_create_topics must be True or False, got {self.allow_auto_create_topics!r}")
         for name in ("key_serializer", "value_serializer"):
             value = getattr(self, name)
             if value is not None and not callable(value):
@@ -148,6 +153,36 @@ class ProducerConfig:
         if explicit and conflicts:
             raise ConfigError("enable_idempotence=True conflicts with " + ", ".join(conflicts))
         self.idempotent = bool(explicit) if explicit is not None else not conflicts
+
+
+# Settings that Java properties files and librdkafka configs give as strings ("5", "true"): from_dict converts.
+_BOOL_SETTINGS = {"enable_idempotence", "allow_auto_create_topics"}
+_NUMBER_SETTINGS = {
+    "compression_level", "batch_size", "linger_ms", "max_request_size", "buffer_memory", "max_block_ms",
+    "request_timeout_ms", "retry_backoff_ms", "retry_backoff_max_ms", "delivery_timeout_ms", "retries",
+    "max_in_flight_requests_per_connection", "metadata_max_age_ms", "transaction_timeout_ms",
+    "connections_max_idle_ms", "socket_connection_setup_timeout_ms", "stop_timeout_ms",
+}
+
+
+def _from_string(key: str, name: str, value: str) -> Any:
+    if key in _BOOL_SETTINGS:
+        lowered = value.strip().lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        raise ConfigError(f"{name} must be 'true' or 'false', got {value!r}")
+    if key in _NUMBER_SETTINGS:
+        try:
+            return int(value)
+        except ValueError:
+            pass
+        if key == "linger_ms":
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    return value
 
 
 def parse_bootstrap(servers: Any) -> list:

@@ -85,3 +85,18 @@ async def no_tasks_left(timeout: float = 2.0) -> set:
     while other_tasks() and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     return other_tasks()
+
+
+# Java's murmur2 results for these keys (clients/src/test/.../UtilsTest.java), from kafka-protocol/README.md.
+JAVA_MURMUR2 = {
+    b"21": -973932308,
+    b"foobar": -790332482,
+    b"a-little-bit-long-string": -985981536,
+    b"a-little-bit-longer-string": -1486304829,
+    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+    b"abc": 479470107,
+}
+
+
+def java_partition(key: bytes, n: int) -> int:
+    return (JAVA_MURMUR2[key] & 0x7FFFFFFF) % n

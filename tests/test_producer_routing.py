@@ -11,23 +11,8 @@ from __future__ import annotations
 import asyncio
 
 from aiokprod import Producer
-from helpers import read_back_async
+from helpers import java_partition, JAVA_MURMUR2, read_back_async
 from proxy_fixtures import kafka_proxy  # noqa: F401
-
-# Java's murmur2 results for these keys (clients/src/test/.../UtilsTest.java), from kafka-protocol/README.md.
-JAVA_MURMUR2 = {
-    b"21": -973932308,
-    b"foobar": -790332482,
-    b"a-little-bit-long-string": -985981536,
-    b"a-little-bit-longer-string": -1486304829,
-    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
-    b"abc": 479470107,
-}
-
-
-def java_partition(key: bytes, n: int) -> int:
-    return (JAVA_MURMUR2[key] & 0x7FFFFFFF) % n
-
 
 async def test_keyed_records_land_where_java_puts_them(broker, topic_name):
     async with Producer(broker.bootstrap, linger_ms=1) as producer:

@@ -1,0 +1,311 @@
+"""The record accumulator without a loop or a socket: readiness, memory accounting, FIFO waiters, requeue order.
+
+A fake clock drives linger; a stand-in loop collects the completions' call_soon callbacks; memory waiters are
+plain objects with the three future methods the accumulator uses.
+"""
+from __future__ import annotations
+
+import pytest
+
+from aiokprod.accumulator import RecordAccumulator
+from aiokprod.codec import decode_record_batches, record_size_upper_bound
+from aiokprod.handle import BatchCompletion
+
+
+class FakeLoop:
+    """Enough of a loop for BatchCompletion: call_soon queues, run() runs them."""
+
+    def __init__(self):
+        self.callbacks = []
+
+    def call_soon(self, fn, *args, context=None):
+        self.callbacks.append((fn, args))
+
+    def call_exception_handler(self, context):  # pragma: no cover - only on a failing callback
+        raise AssertionError(context)
+
+    def run(self):
+        while self.callbacks:
+            fn, args = self.callbacks.pop(0)
+            fn(*args)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class Waiter:
+    """A future-like memory waiter: done(), cancelled(), set_result()."""
+
+    def __init__(self, name, order):
+        self.name = name
+        self.order = order
+        self._done = False
+        self._cancelled = False
+
+    def done(self):
+        return self._done
+
+    def cancelled(self):
+        return self._cancelled
+
+    def cancel(self):
+        self._done = self._cancelled = True
+
+    def set_result(self, _):
+        assert not self._done
+        self._done = True
+        self.order.append(self.name)
+
+
+def make(*, batch_size=1024, linger_ms=10, buffer_memory=1 << 20, delivery_timeout_ms=60_000):
+    loop, clock, wakeups = FakeLoop(), Clock(), []
+    acc = RecordAccumulator(
+        batch_size=batch_size, compression="none", compression_level=None, linger_ms=linger_ms,
+        buffer_memory=buffer_memory, delivery_timeout_ms=delivery_timeout_ms,
+        completion_factory=lambda topic, partition: BatchCompletion(loop, topic, partition),
+        on_wakeup=lambda: wakeups.append(1), clock=clock)
+    return acc, loop, clock, wakeups
+
+
+def append(acc, topic="t", partition=0, value=b"v" * 50, ts=1):
+    size = record_size_upper_bound(None, value, None)
+    assert acc.try_reserve(size)
+    return acc.append(topic, partition, ts, None, value, None, size), size
+
+
+def ready_names(acc, now):
+    ready, next_check = acc.ready(now, lambda q: True)
+    return [(q.topic, q.partition) for q in ready], next_check
+
+
+# -- readiness --------------------------------------------------------------------------------------------
+
+def test_new_batch_waits_for_linger_then_is_ready():
+    acc, _, clock, wakeups = make(linger_ms=10)
+    append(acc)
+    assert wakeups  # a new batch wakes the sender (it must arm the linger timer)
+    ready, next_check = ready_names(acc, clock.now)
+    assert ready == [] and next_check == pytest.approx(0.010)
+    clock.now += 0.004
+    assert ready_names(acc, clock.now) == ([], pytest.approx(0.006))
+    clock.now += 0.006
+    assert ready_names(acc, clock.now)[0] == [("t", 0)]
+
+
+def test_full_batch_is_ready_at_once():
+    acc, _, clock, _ = make(batch_size=1024, linger_ms=60_000)
+    handles = []
+    while len(acc.queues.get(("t", 0)).batches if acc.queues else ()) < 2:
+        handles.append(append(acc, value=b"x" * 100)[0])
+    queue = acc.queues[("t", 0)]
+    assert queue.batches[0].closed and not queue.batches[1].closed
+    assert ready_names(acc, clock.now)[0] == [("t", 0)]
+    # The full batch holds no more than batch_size bytes (the first record always fits).
+    assert queue.batches[0].builder.size_in_bytes <= 1024
+    assert len(queue.batches[0].builder) + len(queue.batches[1].builder) == len(handles)
+
+
+def test_flush_forces_readiness_and_linger_zero_is_immediate():
+    acc, _, clock, _ = make(linger_ms=60_000)
+    append(acc, partition=0)
+    append(acc, partition=1)
+    assert ready_names(acc, clock.now)[0] == []
+    acc.flushing += 1
+    assert sorted(ready_names(acc, clock.now)[0]) == [("t", 0), ("t", 1)]
+    acc.flushing -= 1
+    assert ready_names(acc, clock.now)[0] == []
+    acc2, _, clock2, _ = make(linger_ms=0)
+    append(acc2)
+    assert ready_names(acc2, clock2.now)[0] == [("t", 0)]
+
+
+def test_not_sendable_and_blocked_queues_are_skipped():
+    acc, _, clock, _ = make(linger_ms=0)
+    append(acc, partition=0)
+    append(acc, partition=1)
+    ready, _ = acc.ready(clock.now, lambda q: q.partition == 1)
+    assert [(q.topic, q.partition) for q in ready] == [("t", 1)]
+    acc.queues[("t", 1)].blocked = True
+    ready, _ = acc.ready(clock.now, lambda q: True)
+    assert [(q.topic, q.partition) for q in ready] == [("t", 0)]
+
+
+def test_retry_backoff_delays_readiness():
+    acc, _, clock, _ = make(linger_ms=0)
+    append(acc)
+    batch = acc.queues[("t", 0)].batches.popleft()
+    batch.freeze(7, 0, 0, False)
+    acc.requeue(batch, clock.now + 0.5)
+    ready, next_check = ready_names(acc, clock.now)
+    assert ready == [] and next_check == pytest.approx(0.5)
+    clock.now += 0.5
+    assert ready_names(acc, clock.now)[0] == [("t", 0)]
+
+
+# -- memory accounting ------------------------------------------------------------------------------------
+
+def test_memory_is_reserved_per_record_and_released_per_batch():
+    acc, loop, _, _ = make()
+    sizes = [append(acc, value=b"x" * n)[1] for n in (10, 200, 30)]
+    assert acc.used == sum(sizes)
+    batch = acc.queues[("t", 0)].batches[0]
+    assert batch.reserved == sum(sizes)
+    acc.batch_done(batch)
+    assert acc.used == 0 and batch.reserved == 0
+    acc.batch_done(batch)  # releasing twice releases nothing more
+    assert acc.used == 0
+
+
+def test_try_reserve_respects_the_bound():
+    acc, _, _, _ = make(batch_size=100, buffer_memory=1000)
+    assert acc.try_reserve(600)
+    assert not acc.try_reserve(401)
+    assert acc.try_reserve(400)
+    assert acc.used == 1000
+    acc.release(1000)
+    assert acc.used == 0
+
+
+def test_waiters_are_granted_in_fifo_order_and_never_overtaken():
+    acc, _, _, _ = make(batch_size=100, buffer_memory=1000)
+    order = []
+    assert acc.try_reserve(900)
+    acc.enqueue_waiter(500, Waiter("big", order))
+    acc.enqueue_waiter(50, Waiter("small", order))
+    assert order == []  # 50 would fit, but "small" may not overtake "big"
+    assert not acc.try_reserve(50)  # nor may a newcomer
+    acc.release(400)  # used 500: "big" fits (1000), "small" does not yet
+    assert order == ["big"] and acc.used == 1000
+    acc.release(50)
+    assert order == ["big", "small"] and acc.used == 1000
+    acc.release(1000)
+    assert acc.try_reserve(50)  # the queue is empty again: newcomers go straight through
+
+
+def test_grant_never_exceeds_buffer_memory():
+    acc, _, _, _ = make(batch_size=100, buffer_memory=1000)
+    order = []
+    assert acc.try_reserve(1000)
+    waiters = [acc.enqueue_waiter(300, Waiter(i, order)) for i in range(5)]
+    for step in range(10):
+        acc.release(100)
+        assert acc.used <= 1000
+        assert order == list(range(len(order)))  # FIFO, always
+    acc.release(acc.used)
+    while len(order) < 5:
+        acc.release(acc.used)
+        assert acc.used <= 1000
+    assert order == [0, 1, 2, 3, 4]
+    assert len(waiters) == 5
+
+
+def test_abandoned_waiters_give_back_and_let_others_through():
+    acc, _, _, _ = make(batch_size=100, buffer_memory=1000)
+    order = []
+    assert acc.try_reserve(1000)
+    first = acc.enqueue_waiter(800, Waiter("first", order))
+    second = acc.enqueue_waiter(100, Waiter("second", order))
+    # The first gives up (timeout) while still queued: the second is no longer stuck behind it.
+    acc.release(200)
+    assert order == []
+    acc.abandon_waiter(first)
+    assert order == ["second"]
+    assert acc.used == 900
+    # A waiter cancelled (its future done) while queued is skipped by the next grant.
+    third_future = Waiter("third", order)
+    acc.enqueue_waiter(500, third_future)
+    fourth = acc.enqueue_waiter(50, Waiter("fourth", order))
+    third_future.cancel()
+    acc.release(1)
+    assert order == ["second", "fourth"]
+    assert acc.used == 949
+    # A waiter granted just before it gave up: its reservation is returned.
+    used = acc.used
+    acc.abandon_waiter(fourth)
+    assert acc.used == used - 50
+    acc.abandon_waiter(second)
+    assert acc.used == used - 150
+
+
+# -- requeue order ----------------------------------------------------------------------------------------
+
+def _drain_all(acc, topic="t", partition=0, pid=5):
+    queue = acc.queues[(topic, partition)]
+    drained = []
+    while queue.batches:
+        batch = queue.batches.popleft()
+        batch.freeze(pid, 0, queue.next_sequence, False)
+        queue.next_sequence += batch.record_count
+        drained.append(batch)
+    return drained
+
+
+def test_requeue_puts_retries_first_in_sequence_order():
+    acc, _, clock, _ = make(batch_size=300, linger_ms=0)
+    for i in range(12):
+        append(acc, value=b"%03d" % i + b"x" * 100)
+    drained = _drain_all(acc)
+    assert len(drained) >= 4
+    sequences = [b.base_sequence for b in drained]
+    assert sequences == sorted(sequences) and sequences[0] == 0
+    # Newer, not yet drained batches arrive meanwhile.
+    for i in range(3):
+        append(acc, value=b"new%d" % i)
+    newest = list(acc.queues[("t", 0)].batches)
+    # Failed batches come back in any order: they are put back by sequence, before the new ones.
+    for batch in (drained[2], drained[0], drained[3], drained[1]):
+        acc.requeue(batch, clock.now)
+    queue = list(acc.queues[("t", 0)].batches)
+    assert queue[:4] == drained[:4]
+    assert queue[4:] == newest
+    # A requeued batch keeps its sequence and its bytes.
+    payload = drained[0].payload
+    drained[0].freeze(5, 0, drained[0].base_sequence, False)
+    assert drained[0].payload is payload
+
+
+def test_reset_sequences_renumbers_unsent_batches():
+    acc, _, _, _ = make(batch_size=300)
+    for _ in range(6):
+        append(acc, value=b"y" * 100)
+    drained = _drain_all(acc)
+    for batch in reversed(drained):
+        acc.requeue(batch, 0.0)
+    acc.reset_sequences()
+    queue = acc.queues[("t", 0)]
+    assert queue.next_sequence == 0
+    assert all(b.base_sequence == -1 and b.payload is None for b in queue.batches)
+    redrained = _drain_all(acc, pid=6)
+    assert [b.base_sequence for b in redrained][0] == 0
+    batches = decode_record_batches(b"".join(bytes(b.payload) for b in redrained))
+    assert [b.producer_id for b in batches] == [6] * len(redrained)
+    assert [b.base_sequence for b in batches] == [b.base_sequence for b in redrained]
+
+
+def test_expired_takes_only_queued_batches_past_their_deadline():
+    acc, _, clock, _ = make(delivery_timeout_ms=1000, batch_size=200, linger_ms=60_000)
+    append(acc, partition=0)
+    clock.now += 0.6
+    append(acc, partition=1)
+    clock.now += 0.5
+    expired = acc.expired(clock.now)
+    assert [(b.topic, b.partition) for b in expired] == [("t", 0)]
+    assert acc.has_unsent()
+    clock.now += 0.5
+    assert [(b.partition) for b in acc.expired(clock.now)] == [1]
+    assert not acc.has_unsent()
+
+
+def test_completion_resolves_handles_with_offsets():
+    acc, loop, _, _ = make()
+    handles = [append(acc, value=b"r%d" % i, ts=100 + i)[0] for i in range(3)]
+    batch = acc.queues[("t", 0)].batches[0]
+    batch.completion.resolve(40)
+    assert not handles[0].done()  # one loop callback per batch
+    loop.run()
+    assert [(h.result().offset, h.result().timestamp) for h in handles] == [(40, 100), (41, 101), (42, 102)]
