@@ -7,10 +7,12 @@ go, then ``drain()`` for each leader: drain is where a batch is closed, gets its
 sequence, and its bytes are built once (``ProducerBatch.freeze``). A retried batch keeps its sequence and its
 bytes, and goes back to the *front* of its partition queue in sequence order.
 
-Memory: every record reserves an estimate of its size before it is appended and the whole batch's
-reservation is released when the batch completes. When the buffer is full, senders queue in FIFO order
-(``wait_for_memory``) and are granted memory in that order as it frees, so thousands of blocked senders wake
-one by one, not as a herd, and a late arrival cannot overtake them.
+Memory, as the Java client counts it: a new batch reserves its buffer (``batch_size``, or the record if it
+is bigger) from ``buffer_memory`` before it is made, records appended to an open batch need nothing more, and
+the reservation is released when the batch completes. So what is counted is what is allocated, whatever the
+number of partitions. When the buffer is full, senders queue in FIFO order and are granted memory in that
+order as it frees, so thousands of blocked senders wake one by one, not as a herd, and while anyone is queued
+nobody appends past them.
 """
 from __future__ import annotations
 
@@ -168,24 +170,54 @@ class RecordAccumulator:
             waiter.future.set_result(None)
 
     # -- appending ----------------------------------------------------------------------------------------
-    def append(self, topic: str, partition: int, timestamp_ms: int, key, value, headers, reserved: int):
-        """Append one record whose memory was reserved; return its delivery handle."""
+    def try_append(self, topic: str, partition: int, timestamp_ms: int, key, value, headers):
+        """Append to the partition's open batch if the record fits there; return its handle, else None.
+
+        Needs no memory: the open batch's buffer was reserved when the batch was made. Returns None, and the
+        caller reserves a new batch (``new_batch_reservation``, maybe waiting) and calls ``append_new``, when
+        there is no open batch, it is full, or senders are queued for memory (so nobody overtakes them).
+        """
+        queue = self.queues.get((topic, partition))
+        if queue is None or self.waiters:
+            return None
+        batches = queue.batches
+        if batches:
+            batch = batches[-1]
+            if not batch.closed:
+                if batch.builder.append(timestamp_ms, key, value, headers):
+                    return batch.completion.add(timestamp_ms)
+                # Full: it is ready now, whatever linger_ms says.
+                batch.closed = True
+                self.on_wakeup()
+        return None
+
+    def new_batch_reservation(self, record_size: int) -> int:
+        """Bytes a new batch for a record of ``record_size`` takes from ``buffer_memory`` (as the Java client:
+        the batch's buffer, ``batch_size``, or the record if it is bigger)."""
+        return record_size if record_size > self.batch_size else self.batch_size
+
+    def append_new(self, topic: str, partition: int, timestamp_ms: int, key, value, headers, reserved: int):
+        """Append a record for which ``reserved`` bytes were reserved; return its delivery handle.
+
+        Usually starts a new batch holding the reservation. If, while the caller waited for memory, another
+        sender opened a batch the record fits in, it goes there and the reservation is given back.
+        """
         queue = self.queues.get((topic, partition))
         if queue is None:
             queue = self.queues[(topic, partition)] = PartitionQueue(topic, partition)
         batches = queue.batches
         if batches:
             batch = batches[-1]
-            if not batch.closed and batch.builder.append(timestamp_ms, key, value, headers):
-                batch.reserved += reserved
-                return batch.completion.add(timestamp_ms)
             if not batch.closed:
-                # Full: it is ready now, whatever linger_ms says.
+                if batch.builder.append(timestamp_ms, key, value, headers):
+                    self.release(reserved)
+                    return batch.completion.add(timestamp_ms)
                 batch.closed = True
         batch = self._new_batch(topic, partition)
+        if not batch.builder.append(timestamp_ms, key, value, headers):  # a first record always fits
+            raise AssertionError("RecordBatchBuilder refused the first record of a batch")
         batches.append(batch)
-        batch.builder.append(timestamp_ms, key, value, headers)
-        batch.reserved += reserved
+        batch.reserved = reserved
         handle = batch.completion.add(timestamp_ms)
         self.on_wakeup()
         return handle

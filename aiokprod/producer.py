@@ -175,13 +175,9 @@ class Producer:
         if size > self._max_record_size:
             self._record_too_large(topic, partition, size)
         accumulator = self._accumulator
-        if not accumulator.try_reserve(size):
-            await self._wait_for_memory(size, topic, partition)
-        try:
-            handle = accumulator.append(topic, partition, timestamp_ms, key, value, headers, size)
-        except BaseException:
-            accumulator.release(size)
-            raise
+        handle = accumulator.try_append(topic, partition, timestamp_ms, key, value, headers)
+        if handle is None:
+            handle = await self._append_new_batch(topic, partition, timestamp_ms, key, value, headers, size)
         self._partitioner.record_appended(topic, partition, size, num_partitions)
         if self._has_interceptors:
             handle.add_done_callback(self._acknowledge)
@@ -204,7 +200,19 @@ class Producer:
         error = handle.exception()
         self._interceptors.on_acknowledgement(None if error else handle.result(), error)
 
-    async def _wait_for_memory(self, size: int, topic: str, partition: int) -> None:
+    async def _append_new_batch(self, topic, partition, timestamp_ms, key, value, headers, size):
+        """The record needs a new batch: reserve its buffer (waiting for room, FIFO), then append."""
+        accumulator = self._accumulator
+        reserved = accumulator.new_batch_reservation(size)
+        if not accumulator.try_reserve(reserved):
+            await self._wait_for_memory(reserved, size, topic, partition)
+        try:
+            return accumulator.append_new(topic, partition, timestamp_ms, key, value, headers, reserved)
+        except BaseException:
+            accumulator.release(reserved)
+            raise
+
+    async def _wait_for_memory(self, size: int, record_size: int, topic: str, partition: int) -> None:
         accumulator = self._accumulator
         future = self._loop.create_future()
         waiter = accumulator.enqueue_waiter(size, future)
@@ -213,8 +221,9 @@ class Producer:
         except asyncio.TimeoutError:
             accumulator.abandon_waiter(waiter)
             raise errors.KafkaTimeoutError(
-                f"no room for a {size}-byte record for {topic}-{partition} in buffer_memory "
-                f"({self.config.buffer_memory} bytes) within max_block_ms ({self.config.max_block_ms} ms)") from None
+                f"no room for a {record_size}-byte record for {topic}-{partition}: its new batch needs {size} "
+                f"bytes of buffer_memory ({self.config.buffer_memory} bytes), and none freed within "
+                f"max_block_ms ({self.config.max_block_ms} ms)") from None
         except BaseException:
             accumulator.abandon_waiter(waiter)
             raise

@@ -73,9 +73,14 @@ def make(*, batch_size=1024, linger_ms=10, buffer_memory=1 << 20, delivery_timeo
 
 
 def append(acc, topic="t", partition=0, value=b"v" * 50, ts=1):
+    """What Producer.send does: the open batch if the record fits, else reserve a new batch and append."""
     size = record_size_upper_bound(None, value, None)
-    assert acc.try_reserve(size)
-    return acc.append(topic, partition, ts, None, value, None, size), size
+    handle = acc.try_append(topic, partition, ts, None, value, None)
+    if handle is None:
+        reserved = acc.new_batch_reservation(size)
+        assert acc.try_reserve(reserved)
+        handle = acc.append_new(topic, partition, ts, None, value, None, reserved)
+    return handle, size
 
 
 def ready_names(acc, now):
@@ -149,16 +154,46 @@ def test_retry_backoff_delays_readiness():
 
 # -- memory accounting ------------------------------------------------------------------------------------
 
-def test_memory_is_reserved_per_record_and_released_per_batch():
-    acc, loop, _, _ = make()
-    sizes = [append(acc, value=b"x" * n)[1] for n in (10, 200, 30)]
-    assert acc.used == sum(sizes)
+def test_memory_is_reserved_per_batch_and_released_when_it_completes():
+    acc, loop, _, _ = make(batch_size=1024)
+    for n in (10, 200, 30):
+        append(acc, value=b"x" * n)
+    # Three small records share one batch: its buffer (batch_size) is what is counted, once.
+    assert acc.used == 1024
     batch = acc.queues[("t", 0)].batches[0]
-    assert batch.reserved == sum(sizes)
+    assert len(batch.builder) == 3 and batch.reserved == 1024
+    append(acc, partition=1)  # another partition: another batch, another buffer
+    assert acc.used == 2048
     acc.batch_done(batch)
-    assert acc.used == 0 and batch.reserved == 0
+    assert acc.used == 1024 and batch.reserved == 0
     acc.batch_done(batch)  # releasing twice releases nothing more
-    assert acc.used == 0
+    assert acc.used == 1024
+
+
+def test_a_record_bigger_than_batch_size_reserves_its_own_size():
+    acc, _, _, _ = make(batch_size=1024)
+    _, size = append(acc, value=b"x" * 3000)
+    assert size > 3000 and acc.used == size
+    assert acc.queues[("t", 0)].batches[0].reserved == size
+
+
+def test_no_append_past_queued_senders():
+    acc, _, _, _ = make(batch_size=1024, buffer_memory=2048)
+    append(acc)  # an open batch with room
+    assert acc.try_append("t", 0, 1, None, b"y", None) is not None
+    assert acc.try_reserve(1024)  # the buffer is full now
+    acc.enqueue_waiter(1024, Waiter("queued", []))
+    # While someone waits for memory, nobody overtakes them, not even into an open batch.
+    assert acc.try_append("t", 0, 1, None, b"y", None) is None
+
+
+def test_append_new_uses_an_open_batch_and_returns_the_reservation():
+    acc, _, _, _ = make(batch_size=1024)
+    append(acc)
+    assert acc.try_reserve(1024)  # as if this sender had waited for memory while the batch opened
+    handle = acc.append_new("t", 0, 1, None, b"late", None, 1024)
+    assert handle is not None and acc.used == 1024
+    assert len(acc.queues[("t", 0)].batches) == 1
 
 
 def test_try_reserve_respects_the_bound():

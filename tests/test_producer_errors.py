@@ -215,7 +215,9 @@ async def test_buffer_memory_bounded_with_a_slow_broker(kafka_proxy, broker, top
 
 
 async def _fill_buffer(producer, topic, size=1000):
-    """Append records (lingering for a minute) until the next one would block; return their handles."""
+    """Append records to partition 0 (lingering for a minute) until the buffer is used up; return their
+    handles. A new batch reserves batch_size (here the whole buffer), so after this any record that needs a
+    new batch (another partition) blocks, while records that fit the open batch still go in."""
     handles = []
     while producer.metrics()["buffer_available_bytes"] >= size + 200:
         handles.append(await producer.send(topic, b"f" * size, partition=0))
@@ -259,7 +261,7 @@ async def test_max_block_ms_on_full_buffer(broker, topic_name):
         await producer.partitions_for(topic_name)
         filler = await _fill_buffer(producer, topic_name)
         with pytest.raises(errors.KafkaTimeoutError, match=r"no room for a \d+-byte record.*max_block_ms \(200 ms\)"):
-            await asyncio.wait_for(producer.send(topic_name, b"z" * 1000, partition=0), NO_HANG)
+            await asyncio.wait_for(producer.send(topic_name, b"z" * 1000, partition=1), NO_HANG)
         assert producer.metrics()["buffer_used_bytes"] <= BUFFER
         await producer.flush()
         assert all(h.result().offset >= 0 for h in filler)
