@@ -29,7 +29,7 @@ class ProducerBatch:
     __slots__ = (
         "topic", "partition", "builder", "completion", "created", "reserved", "attempts", "closed",
         "producer_id", "producer_epoch", "base_sequence", "transactional", "payload", "retry_at",
-        "deadline", "ever_sent", "record_count",
+        "deadline", "outcome_unknown", "record_count", "drain_order",
     )
 
     def __init__(self, topic: str, partition: int, builder, completion, now: float, deadline: float) -> None:
@@ -48,9 +48,13 @@ class ProducerBatch:
         self.transactional = False
         self.payload = None
         self.retry_at = 0.0
-        # True once a request carrying it may have reached the broker: its outcome can then be unknown.
-        self.ever_sent = False
+        # True while the last request carrying it failed without an answer (lost ack, timeout, cut): the
+        # broker may have written it. Such a batch is only ever re-sent with the same producer id and
+        # sequence (the broker then recognises a duplicate); it is never renumbered.
+        self.outcome_unknown = False
         self.record_count = 0
+        # Order of first drain (over all partitions): retries go back in this order.
+        self.drain_order = -1
 
     def freeze(self, producer_id: int, producer_epoch: int, base_sequence: int, transactional: bool) -> None:
         """Fix the producer fields and build the bytes (once; a retry with the same fields reuses them)."""
@@ -77,13 +81,16 @@ class ProducerBatch:
 class PartitionQueue:
     """The batches of one partition, oldest first, and its idempotence sequence state."""
 
-    __slots__ = ("topic", "partition", "batches", "in_flight", "next_sequence", "blocked")
+    __slots__ = ("topic", "partition", "batches", "in_flight", "in_flight_node", "next_sequence", "blocked")
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic
         self.partition = partition
         self.batches: collections.deque[ProducerBatch] = collections.deque()
         self.in_flight = 0
+        # The broker the in-flight batches went to: nothing is drained to another one until they are back,
+        # or a leader change could put a later batch in the log before an earlier one.
+        self.in_flight_node = -1
         self.next_sequence = 0
         # Set after a retriable failure: nothing more is drained until every in-flight batch of this partition
         # came back, so retried batches go out again in sequence order (no reordering, no gaps).
@@ -126,6 +133,7 @@ class RecordAccumulator:
         self.waiters: collections.deque[MemoryWaiter] = collections.deque()
         self.flushing = 0
         self.closed = False
+        self._drain_counter = 0
 
     # -- memory -------------------------------------------------------------------------------------------
     def try_reserve(self, size: int) -> bool:
@@ -253,16 +261,21 @@ class RecordAccumulator:
                 next_check = wait
         return ready, next_check
 
+    def mark_drained(self, batch: ProducerBatch) -> None:
+        """Called when a batch leaves its queue for the first time: fixes its place for retries."""
+        if batch.drain_order < 0:
+            batch.drain_order = self._drain_counter
+            self._drain_counter += 1
+
     def requeue(self, batch: ProducerBatch, retry_at: float) -> None:
-        """Put a batch back for a retry, in front of newer batches and in sequence order."""
+        """Put a batch back for a retry: in front of the batches never sent, behind retried batches that
+        were drained before it. (Drain order, not sequence number: sequences wrap at 2**31.)"""
         queue = self.queues[(batch.topic, batch.partition)]
         batch.retry_at = retry_at
         batches = queue.batches
         index = 0
-        if batch.base_sequence >= 0:
-            while (index < len(batches) and batches[index].payload is not None
-                   and 0 <= batches[index].base_sequence < batch.base_sequence):
-                index += 1
+        while index < len(batches) and 0 <= batches[index].drain_order < batch.drain_order:
+            index += 1
         batches.insert(index, batch)
 
     def batch_done(self, batch: ProducerBatch) -> None:

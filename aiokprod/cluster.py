@@ -136,6 +136,7 @@ class Cluster:
                 connection.close()
                 return
             connection.on_close = self._connection_closed
+            connection.on_writable = self.on_change
             self._connections[node_id] = connection
             self._backoff_until.pop(node_id, None)
             self._last_connect_error.pop(node_id, None)
@@ -160,10 +161,12 @@ class Cluster:
             self.request_refresh()
 
     async def any_connection(self) -> BrokerConnection:
-        """Some open connection: an existing one, the bootstrap one, or a new one to any known broker."""
-        for connection in self._connections.values():
-            if not connection.closed:
-                return connection
+        """Some open connection: the least busy existing one, the bootstrap one, or a new one to any known
+        broker. Least busy, because answers come in order: a Metadata request behind slow Produce requests
+        would wait for all of them."""
+        open_connections = [c for c in self._connections.values() if not c.closed]
+        if open_connections:
+            return min(open_connections, key=lambda c: c.in_flight)
         if self._bootstrap_connection is not None and not self._bootstrap_connection.closed:
             return self._bootstrap_connection
         nodes = list(self.brokers)
@@ -320,6 +323,8 @@ class Cluster:
         backoff = self.config.retry_backoff_ms / 1000.0
         last_error: Optional[BaseException] = None
         while True:
+            if self._closed:
+                raise errors.ProducerClosedError(f"closed while waiting for metadata of topic {topic!r}")
             remaining = deadline - time.monotonic()
             try:
                 await asyncio.wait_for(self.refresh({topic}), max(remaining, 0.001))

@@ -74,6 +74,7 @@ class BrokerConnection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiters: list = []
         self.on_close = None  # callable(connection, exc), set by the owner (the cluster)
+        self.on_writable = None  # callable(), after the transport's buffer drained below its low-water mark
 
     def __repr__(self) -> str:
         return f"<BrokerConnection node={self.node_id} {self.host}:{self.port}>"
@@ -301,6 +302,14 @@ class BrokerConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._wake_drain_waiters()
+        if self.on_writable is not None:
+            self.on_writable()
+
+    @property
+    def write_paused(self) -> bool:
+        """The transport's write buffer is above its high-water mark: don't queue more (back-pressure,
+        which acks=0 has no other source of)."""
+        return self._write_paused
 
     def _wake_drain_waiters(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []

@@ -31,6 +31,7 @@ class State(enum.Enum):
     NEW = "new"
     STARTING = "starting"
     RUNNING = "running"
+    FAILED = "failed"  # the sender hit a fatal error (e.g. fenced, or a bug): stop() is all that is left
     CLOSING = "closing"
     CLOSED = "closed"
 
@@ -53,6 +54,7 @@ class Producer:
     def _init_parts(self) -> None:
         config = self.config
         self._state = State.NEW
+        self._stopped: Optional[asyncio.Future] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._partitioner = make_partitioner(config.partitioner, config.batch_size)
         self._interceptors = InterceptorChain(config.interceptors)
@@ -86,7 +88,7 @@ class Producer:
             completion_factory=lambda topic, partition: BatchCompletion(loop, topic, partition),
             on_wakeup=self._wakeup_sender,
         )
-        self._sender = Sender(config, self._cluster, self._accumulator, self._metrics)
+        self._sender = Sender(config, self._cluster, self._accumulator, self._metrics, on_fatal=self._sender_failed)
         try:
             await self._cluster.bootstrap()
         except BaseException:
@@ -95,6 +97,10 @@ class Producer:
             raise
         self._sender.start()
         self._state = State.RUNNING
+
+    def _sender_failed(self) -> None:
+        if self._state is State.RUNNING:
+            self._state = State.FAILED
 
     def _wakeup_sender(self) -> None:
         if self._sender is not None:
@@ -106,11 +112,14 @@ class Producer:
         Every record not delivered by then fails with ``ProducerClosedError``; every task ends.
         """
         if self._state in (State.CLOSING, State.CLOSED):
+            if self._stopped is not None:
+                await asyncio.shield(self._stopped)  # a concurrent stop(): return when it is done
             return
         if self._state is State.NEW:
             self._state = State.CLOSED
             return
         self._state = State.CLOSING
+        self._stopped = self._loop.create_future()
         if timeout is None:
             timeout = self.config.stop_timeout_ms / 1000.0
         try:
@@ -127,6 +136,7 @@ class Producer:
             await asyncio.sleep(0)
             self._interceptors.close()
             self._state = State.CLOSED
+            self._stopped.set_result(None)
 
     async def __aenter__(self) -> "Producer":
         await self.start()
@@ -145,7 +155,7 @@ class Producer:
         Python operations; the rare cases branch off to helpers.
         """
         if self._state is not State.RUNNING:
-            raise errors.ProducerClosedError(f"send() to {topic!r} on a producer that is {self._state.value}")
+            self._raise_not_running(topic)
         if self._has_interceptors:
             record = self._interceptors.on_send(ProducerRecord(topic, value, key, partition, timestamp_ms, headers))
             topic, value, key, partition, timestamp_ms, headers = record
@@ -160,6 +170,8 @@ class Producer:
         info = self._topics.get(topic) if type(topic) is str else None
         if info is None:
             info = await self._topic_info(topic)
+            if self._state is not State.RUNNING:  # stop() ran while we waited for metadata
+                self._raise_not_running(topic)
         num_partitions = info.num_partitions
         if partition is None:
             partition = self._partitioner.partition(topic, key, num_partitions)
@@ -182,6 +194,12 @@ class Producer:
         if self._has_interceptors:
             handle.add_done_callback(self._acknowledge)
         return handle
+
+    def _raise_not_running(self, topic) -> None:
+        if self._state is State.FAILED:
+            fatal = self._sender.fatal_error
+            raise errors.KafkaError(f"send() to {topic!r}: the producer failed and must be stopped: {fatal}") from fatal
+        raise errors.ProducerClosedError(f"send() to {topic!r} on a producer that is {self._state.value}")
 
     async def _topic_info(self, topic):
         if type(topic) is not str or not topic:

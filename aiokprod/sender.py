@@ -2,20 +2,27 @@
 
 Each turn it: fails batches past ``delivery_timeout_ms`` that are still queued; makes sure an idempotent
 producer has its producer id; asks the accumulator which partitions are ready; groups them by leader; and for
-each leader with a free in-flight slot drains one batch per partition (up to ``max_request_size``) into one
-Produce request. Draining is where a batch gets its sequence and its bytes. Responses come back through a
-done-callback on the connection's future (no task per request) and are settled by ``_settle``:
+each leader with a free in-flight slot (and a transport not pushing back) drains one batch per partition (up
+to ``max_request_size``) into one Produce request. Draining is where a batch gets its sequence and its bytes.
+Responses come back through a done-callback on the connection's future (no task per request) and are settled
+with ``errors.classify_produce_error``:
 
   success                      -> the batch's completion resolves every record's handle (one call_soon)
   retriable / unknown outcome  -> back to the front of its partition queue, after backoff with jitter
   needs metadata               -> the same, plus a metadata refresh
   anything else                -> the batch fails with an error naming topic, partition and broker message
 
+Ordering: a partition's in-flight batches all go to one broker; nothing more of it is drained to another
+broker (after a leader change) until they are back, so a later batch can never overtake an earlier one.
+
 Idempotence (sequences, at most 5 in flight): after a retriable failure the partition is *blocked*: nothing
-new is drained for it until all its in-flight batches came back, then the retried ones go again in sequence
-order, so the broker never sees a gap it would answer with OUT_OF_ORDER_SEQUENCE. When the broker forgot the
-producer id (UNKNOWN_PRODUCER_ID, e.g. after a restart) or a sequenced batch was given up, the sender waits
-for everything in flight, takes a new producer id and renumbers what is still queued from 0.
+new is drained for it until all its in-flight batches came back, then the retried ones go again in drain
+order, so the broker never sees a gap. A batch whose request got no answer (lost ack, timeout, cut) has an
+*unknown outcome*: the broker may have written it. It is only re-sent with its old producer id and sequence,
+so the broker recognises the duplicate. When the producer id must change (UNKNOWN_PRODUCER_ID after a broker
+restart, a sequence that will never be acknowledged), the sender first settles every batch of unknown
+outcome with the old identity, waits for everything in flight, and only then takes a new id and renumbers
+what is still queued, all of it known to be unwritten.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ from .protocol.produce import encode_produce_request
 
 log = logging.getLogger("aiokprod.sender")
 
+SEQUENCE_MASK = 0x7FFFFFFF  # sequences are int32 and wrap to 0 after 2**31 - 1, as in the Java client
 
 
 class ProducerIdentity:
@@ -46,7 +54,9 @@ class ProducerIdentity:
 
 
 class Sender:
-    def __init__(self, config, cluster, accumulator, metrics) -> None:
+    def __init__(self, config, cluster, accumulator, metrics, on_fatal=lambda: None) -> None:
+        from .connection import RESPONSE_CLASSES
+
         self.config = config
         self.cluster = cluster
         self.accumulator = accumulator
@@ -56,10 +66,12 @@ class Sender:
         self.identity = ProducerIdentity()
         self.max_in_flight = config.max_in_flight_requests_per_connection
         self.in_flight_batches: set = set()
+        self.fatal_error: Optional[BaseException] = None
+        self.on_fatal = on_fatal  # the producer stops taking records
+        self._produce_response = None if self.acks == 0 else RESPONSE_CLASSES[ProduceRequest.API_KEY]
         self._wakeup: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
         self._closing = False
-        self._fatal: Optional[BaseException] = None
         self._random = random.Random()
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -84,42 +96,67 @@ class Sender:
             except (asyncio.CancelledError, Exception):
                 pass
             self._task = None
+        self._fail_everything(error)
+
+    def _fail_everything(self, error: BaseException) -> None:
         for batch in list(self.accumulator.all_batches()) + list(self.in_flight_batches):
             self._fail(batch, error)
         for queue in self.accumulator.queues.values():
             queue.batches.clear()
+            queue.in_flight = 0
         self.in_flight_batches.clear()
 
     # -- the loop -----------------------------------------------------------------------------------------
     async def _run(self) -> None:
-        wakeup = self._wakeup
-        metadata_age = self.config.metadata_max_age_ms / 1000.0
         while not self._closing:
-            wakeup.clear()
-            now = time.monotonic()
-            self._expire(now)
-            if now - self.cluster.last_refresh > metadata_age:
-                self.cluster.request_refresh()
-            if self.idempotent and self.identity.needs_reset:
-                if self.in_flight_batches:
-                    await wakeup.wait()  # responses of the old identity must come back first
-                    continue
+            try:
+                await self._turn()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not leave every handle pending: fail loudly instead
+                log.exception("aiokprod sender failed; the producer cannot send any more")
+                self.fatal_error = errors.KafkaError(f"the producer's sender failed: {exc!r}")
+                self.fatal_error.__cause__ = exc
+                self.on_fatal()
+                self._fail_everything(self.fatal_error)
+                return
+
+    async def _turn(self) -> None:
+        wakeup = self._wakeup
+        wakeup.clear()
+        now = time.monotonic()
+        metadata_age = self.config.metadata_max_age_ms / 1000.0
+        self._expire(now)
+        if now - self.cluster.last_refresh > metadata_age:
+            self.cluster.request_refresh()
+        sendable = _always
+        if self.idempotent and self.identity.needs_reset:
+            if self._unknown_outcomes_pending():
+                # Settle them with the old identity first (see the module docstring).
+                sendable = _only_unknown_outcome
+            elif self.in_flight_batches:
+                await wakeup.wait()  # answers to the old identity must come back first
+                return
+            else:
                 try:
                     await self._init_producer_id()
                 except errors.KafkaError as exc:
                     if not exc.retriable:
-                        self._fatal = exc
-                        for batch in list(self.accumulator.all_batches()):
-                            self._fail(batch, exc)
-                        for queue in self.accumulator.queues.values():
-                            queue.batches.clear()
+                        self.fatal_error = exc
+                        self.on_fatal()
+                        self._fail_everything(exc)
                     log.warning("InitProducerId failed: %s", exc)
                     await self._sleep_or_wakeup(self.config.retry_backoff_ms / 1000.0)
-                    continue
-            next_check = self._send_ready(now)
-            if next_check is None:
-                next_check = metadata_age
-            await self._sleep_or_wakeup(max(next_check, 0.0005))
+                    return
+        next_check = self._send_ready(now, sendable)
+        if next_check is None:
+            next_check = metadata_age
+        await self._sleep_or_wakeup(max(next_check, 0.0005))
+
+    def _unknown_outcomes_pending(self) -> bool:
+        if any(batch.outcome_unknown for batch in self.in_flight_batches):
+            return True
+        return any(queue.batches and queue.batches[0].outcome_unknown for queue in self.accumulator.queues.values())
 
     async def _sleep_or_wakeup(self, delay: float) -> None:
         # A timer that sets the event, not asyncio.wait_for: no task per wait, and no lost cancellation.
@@ -145,10 +182,10 @@ class Sender:
         self.accumulator.reset_sequences()
         log.debug("producer id %s epoch %s", response.producer_id, response.producer_epoch)
 
-    def _send_ready(self, now: float) -> Optional[float]:
+    def _send_ready(self, now: float, sendable) -> Optional[float]:
         cluster = self.cluster
         max_in_flight = self.max_in_flight
-        ready, next_check = self.accumulator.ready(now, _always)
+        ready, next_check = self.accumulator.ready(now, sendable)
         if not ready:
             return next_check
         by_node: dict[int, list] = {}
@@ -158,6 +195,8 @@ class Sender:
             if node < 0:
                 unknown_leader = True
                 continue
+            if queue.in_flight and queue.in_flight_node != node:
+                continue  # the leader moved: first the batches in flight to the old one must come back
             by_node.setdefault(node, []).append(queue)
         if unknown_leader:
             cluster.request_refresh()
@@ -167,46 +206,48 @@ class Sender:
             if connection is None:
                 next_check = _min(next_check, self.config.retry_backoff_ms / 1000.0)
                 continue
-            if connection.in_flight >= max_in_flight:
-                continue  # a response will wake us
-            self._send_to(connection, queues, now)
+            if connection.in_flight >= max_in_flight or connection.write_paused:
+                continue  # a response (or resume_writing) will wake us
+            self._send_to(connection, node, queues)
         return next_check
 
-    def _send_to(self, connection, queues, now: float) -> None:
+    def _send_to(self, connection, node: int, queues) -> None:
         """Drain one batch per partition (up to max_request_size) into one Produce request."""
+        version = connection.version_for(ProduceRequest, 3)  # magic-2 record batches need v3+
+        if version < 7 and self.config.compression_type == "zstd":
+            error = errors.UnsupportedVersionError(
+                f"zstd needs Produce v7, broker {connection.host}:{connection.port} supports up to v{version}")
+            for queue in queues:
+                self._settle_error(queue.batches.popleft(), error)
+            return
         idempotent = self.idempotent
         identity = self.identity
+        accumulator = self.accumulator
         budget = self.config.max_request_size
-        random.shuffle(queues)  # fairness between partitions when the request fills up
+        self._random.shuffle(queues)  # fairness between partitions when the request fills up
         batches = []
         for queue in queues:
             batch = queue.batches[0]
             if batches and batch.builder.size_in_bytes > budget:
                 continue  # the next request takes it
-            fresh = idempotent and batch.base_sequence < 0
-            if fresh:
+            if not idempotent:
+                batch.freeze(-1, -1, -1, False)
+            elif batch.base_sequence < 0:
                 # Sequences are assigned here, at drain time, so they follow the order batches are sent in.
                 batch.freeze(identity.producer_id, identity.producer_epoch, queue.next_sequence, False)
-                queue.next_sequence += batch.record_count
-            elif idempotent:
-                batch.freeze(identity.producer_id, identity.producer_epoch, batch.base_sequence, False)
+                queue.next_sequence = (queue.next_sequence + batch.record_count) & SEQUENCE_MASK
             else:
-                batch.freeze(-1, -1, -1, False)
+                # A retry keeps its identity and sequence (the payload is reused as is).
+                batch.freeze(batch.producer_id, batch.producer_epoch, batch.base_sequence, False)
             budget -= len(batch.payload)
             queue.batches.popleft()
             queue.in_flight += 1
+            queue.in_flight_node = node
+            accumulator.mark_drained(batch)
             batch.attempts += 1
-            batch.ever_sent = True
             batches.append(batch)
             self.in_flight_batches.add(batch)
         if not batches:
-            return
-        version = connection.version_for(ProduceRequest, 3)
-        if version < 7 and self.config.compression_type == "zstd":
-            for batch in batches:
-                self._settle_error(batch, errors.UnsupportedVersionError(
-                    f"zstd needs Produce v7, broker {connection.host}:{connection.port} supports up to v{version}"),
-                    fatal=True)
             return
         correlation_id = connection.next_correlation_id()
         topics: dict[str, list] = {}
@@ -214,9 +255,8 @@ class Sender:
             topics.setdefault(batch.topic, []).append((batch.partition, batch.payload))
         buffers = encode_produce_request(version, correlation_id, self.config.client_id, None, self.acks,
                                          self.config.request_timeout_ms, list(topics.items()))
-        from .connection import RESPONSE_CLASSES
         future = connection.send_frame(buffers, correlation_id, ProduceRequest.API_KEY, version,
-                                       response_class=None if self.acks == 0 else RESPONSE_CLASSES[ProduceRequest.API_KEY])
+                                       response_class=self._produce_response)
         self.metrics.requests_sent += 1
         sent_at = time.monotonic()
         future.add_done_callback(lambda f: self._on_response(f, batches, sent_at))
@@ -246,16 +286,19 @@ class Sender:
             queue = self.accumulator.queues[(batch.topic, batch.partition)]
             queue.in_flight -= 1
             if error is not None:
-                # The request may or may not have reached the broker: outcome unknown, retry (same sequence).
+                # No answer: the broker may or may not have written it. Retry with the same sequence.
+                batch.outcome_unknown = True
                 self._retry(batch, error, refresh=True)
             elif self.acks == 0:
                 self._succeed(batch, -1, -1)
             else:
                 part = by_partition.get((batch.topic, batch.partition))
                 if part is None:
+                    batch.outcome_unknown = True
                     self._retry(batch, errors.KafkaError(
                         f"no answer for {batch.topic}-{batch.partition} in the Produce response"), refresh=False)
                 else:
+                    batch.outcome_unknown = False  # a definite answer, whatever it says
                     self._settle_partition(batch, queue, part)
             if queue.blocked and queue.in_flight == 0:
                 queue.blocked = False
@@ -263,7 +306,8 @@ class Sender:
 
     def _settle_partition(self, batch, queue, part) -> None:
         code = part.error_code
-        action = classify_produce_error(code, idempotent=self.idempotent, earlier_batch_failed=queue.blocked)
+        action = classify_produce_error(code, idempotent=self.idempotent,
+                                        earlier_batch_failed=queue.blocked or self._earlier_in_doubt(batch))
         if action is ProduceAction.SUCCEED:
             # DUPLICATE_SEQUENCE_NUMBER lands here too: an earlier attempt was written, its answer lost.
             self._succeed(batch, part.base_offset, part.log_append_time_ms)
@@ -272,7 +316,7 @@ class Sender:
                                 partition=batch.partition)
         if action is ProduceAction.RESET_AND_RETRY:
             # The broker forgot our producer id, or its sequences and ours diverged: start over with a
-            # new id once everything in flight came back (see _run).
+            # new id once nothing of unknown outcome is left (see _turn). This batch was not written.
             self.identity.needs_reset = True
             self._retry(batch, error, refresh=False)
         elif action is ProduceAction.RETRY:
@@ -280,7 +324,17 @@ class Sender:
         elif action is ProduceAction.REFRESH_AND_RETRY:
             self._retry(batch, error, refresh=True)
         else:
-            self._settle_error(batch, error, fatal=True)
+            self._settle_error(batch, error)
+
+    def _earlier_in_doubt(self, batch) -> bool:
+        """Is an earlier batch of the same partition in flight or waiting for its retry? Then an
+        OUT_OF_ORDER_SEQUENCE answer is the echo of that gap, not lost broker state."""
+        topic, partition, order = batch.topic, batch.partition, batch.drain_order
+        for other in self.in_flight_batches:
+            if other.partition == partition and other.topic == topic and other.drain_order < order:
+                return True
+        queue = self.accumulator.queues[(topic, partition)]
+        return bool(queue.batches) and 0 <= queue.batches[0].drain_order < order
 
     def _succeed(self, batch, base_offset: int, log_append_time: int) -> None:
         self.accumulator.batch_done(batch)
@@ -294,7 +348,7 @@ class Sender:
         now = time.monotonic()
         retries = self.config.retries
         if self._closing or now >= batch.deadline or (retries is not None and batch.attempts > retries):
-            self._settle_error(batch, _delivery_failed(batch, error, now), fatal=False)
+            self._settle_error(batch, _delivery_failed(batch, error, now))
             return
         self.metrics.retries += 1
         queue = self.accumulator.queues[(batch.topic, batch.partition)]
@@ -306,7 +360,7 @@ class Sender:
         if refresh:
             self.cluster.request_refresh()
 
-    def _settle_error(self, batch, error: BaseException, fatal: bool) -> None:
+    def _settle_error(self, batch, error: BaseException) -> None:
         if self.idempotent and batch.base_sequence >= 0:
             # A sequence was used and will never be acknowledged: later batches would leave a gap.
             self.identity.needs_reset = True
@@ -320,15 +374,17 @@ class Sender:
 
     def _expire(self, now: float) -> None:
         for batch in self.accumulator.expired(now):
-            self._settle_error(batch, _delivery_failed(batch, None, now), fatal=False)
+            self._settle_error(batch, _delivery_failed(batch, None, now))
 
 
 def _delivery_failed(batch, cause, now: float) -> errors.KafkaTimeoutError:
     waited = now - batch.created
     detail = f": last error {cause}" if cause is not None else ""
+    doubt = (" The last attempt got no answer, so the broker may have written it."
+             if batch.outcome_unknown else "")
     exc = errors.KafkaTimeoutError(
         f"{len(batch.builder)} record(s) for {batch.topic}-{batch.partition} not delivered within "
-        f"delivery_timeout_ms ({waited:.1f}s, {batch.attempts} attempt(s)){detail}")
+        f"delivery_timeout_ms ({waited:.1f}s, {batch.attempts} attempt(s)){detail}.{doubt}")
     exc.topic = batch.topic
     exc.partition = batch.partition
     exc.__cause__ = cause
@@ -337,6 +393,10 @@ def _delivery_failed(batch, cause, now: float) -> errors.KafkaTimeoutError:
 
 def _always(queue) -> bool:
     return True
+
+
+def _only_unknown_outcome(queue) -> bool:
+    return queue.batches[0].outcome_unknown
 
 
 def _min(a: Optional[float], b: float) -> float:

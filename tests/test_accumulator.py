@@ -276,11 +276,12 @@ def _drain_all(acc, topic="t", partition=0, pid=5):
         batch = queue.batches.popleft()
         batch.freeze(pid, 0, queue.next_sequence, False)
         queue.next_sequence += batch.record_count
+        acc.mark_drained(batch)
         drained.append(batch)
     return drained
 
 
-def test_requeue_puts_retries_first_in_sequence_order():
+def test_requeue_puts_retries_first_in_drain_order():
     acc, _, clock, _ = make(batch_size=300, linger_ms=0)
     for i in range(12):
         append(acc, value=b"%03d" % i + b"x" * 100)
@@ -292,7 +293,8 @@ def test_requeue_puts_retries_first_in_sequence_order():
     for i in range(3):
         append(acc, value=b"new%d" % i)
     newest = list(acc.queues[("t", 0)].batches)
-    # Failed batches come back in any order: they are put back by sequence, before the new ones.
+    # Failed batches come back in any order: they are put back in the order they were first drained
+    # (which is sequence order, but survives the sequence wrapping at 2**31), before the new ones.
     for batch in (drained[2], drained[0], drained[3], drained[1]):
         acc.requeue(batch, clock.now)
     queue = list(acc.queues[("t", 0)].batches)
@@ -302,6 +304,23 @@ def test_requeue_puts_retries_first_in_sequence_order():
     payload = drained[0].payload
     drained[0].freeze(5, 0, drained[0].base_sequence, False)
     assert drained[0].payload is payload
+
+
+def test_requeue_order_without_sequences():
+    """Non-idempotent batches (no sequence) also go back in drain order, not reversed."""
+    acc, _, clock, _ = make(batch_size=300, linger_ms=0)
+    for i in range(9):
+        append(acc, value=b"%03d" % i + b"x" * 100)
+    queue = acc.queues[("t", 0)]
+    drained = []
+    while queue.batches:
+        batch = queue.batches.popleft()
+        batch.freeze(-1, -1, -1, False)
+        acc.mark_drained(batch)
+        drained.append(batch)
+    for batch in drained:  # all failed, settled in order: each goes behind the ones before it
+        acc.requeue(batch, clock.now)
+    assert list(queue.batches) == drained
 
 
 def test_reset_sequences_renumbers_unsent_batches():
