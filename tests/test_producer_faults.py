@@ -167,3 +167,19 @@ async def test_a_failing_sender_fails_records_instead_of_hanging(broker, topic_n
         with pytest.raises(errors.KafkaError, match="must be stopped"):
             await producer.send(topic_name, b"after", partition=0)
     assert "sender failed" in caplog.text
+
+
+async def test_cancelling_one_sender_waiting_for_metadata_leaves_the_others_alone(broker, two_brokers, topic_name):
+    """60 tasks wait for a new topic's metadata (one shared refresh); cancelling one must not cancel the
+    refresh the others share."""
+    proxy = two_brokers
+    async with Producer(proxy.bootstrap, linger_ms=1) as producer:
+        proxy.delay_responses(0.5, api="Metadata", count=1)
+        tasks = [asyncio.ensure_future(producer.send_and_wait(topic_name, b"m%d" % i)) for i in range(60)]
+        await asyncio.sleep(0.1)
+        tasks[7].cancel()
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), NO_HANG)
+    assert isinstance(results[7], asyncio.CancelledError)
+    delivered = [r for i, r in enumerate(results) if i != 7]
+    assert all(not isinstance(r, BaseException) for r in delivered), delivered
+    assert len({(r.partition, r.offset) for r in delivered}) == 59
