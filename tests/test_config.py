@@ -141,8 +141,12 @@ def test_idempotence_explicit_and_off():
 
 
 def test_transactional_id_needs_idempotence():
-    assert ProducerConfig(transactional_id="tx").idempotent is True
     with pytest.raises(ConfigError, match="transactional_id needs enable_idempotence"):
         ProducerConfig(transactional_id="tx", enable_idempotence=False)
     with pytest.raises(ConfigError, match="transactional_id needs idempotence, which conflicts with acks=1"):
         ProducerConfig(transactional_id="tx", acks=1)
+
+
+def test_transactional_id_is_refused_until_transactions_exist():
+    with pytest.raises(ConfigError, match="transactions are not implemented"):
+        ProducerConfig(transactional_id="tx-1")
