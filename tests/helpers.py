@@ -28,7 +28,7 @@ class Stored:
 
 
 def read_back(bootstrap: str, topic: str, partitions, expected: int, timeout: float = 20.0,
-              settle: float = 0.3) -> list[Stored]:
+              settle: float = 0.3, consumer_config: Optional[dict] = None) -> list[Stored]:
     """Every record of ``topic``'s ``partitions`` from offset 0: poll until ``expected`` arrived (then a short
     ``settle`` more, to catch duplicates) or ``timeout`` passed. Returned sorted by (partition, offset)."""
     consumer = Consumer({
@@ -40,6 +40,7 @@ def read_back(bootstrap: str, topic: str, partitions, expected: int, timeout: fl
         "fetch.wait.max.ms": 50,
         "topic.metadata.refresh.interval.ms": 1000,
         "log_level": 3,
+        **(consumer_config or {}),  # e.g. TLS or SASL settings
     })
     try:
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
@@ -69,8 +70,9 @@ def read_back(bootstrap: str, topic: str, partitions, expected: int, timeout: fl
 
 
 async def read_back_async(bootstrap: str, topic: str, partitions, expected: int, timeout: float = 20.0,
-                          settle: float = 0.3) -> list[Stored]:
-    return await asyncio.to_thread(read_back, bootstrap, topic, partitions, expected, timeout, settle)
+                          settle: float = 0.3, consumer_config: Optional[dict] = None) -> list[Stored]:
+    return await asyncio.to_thread(read_back, bootstrap, topic, partitions, expected, timeout, settle,
+                                   consumer_config)
 
 
 def other_tasks() -> set:
