@@ -127,12 +127,15 @@ async def test_acks_zero_has_back_pressure_when_the_broker_stalls(fresh_broker, 
         os.kill(fresh_broker._process.pid, signal.SIGSTOP)
         try:
             value = b"x" * 10000
+            accepted = 0
             with pytest.raises(errors.KafkaTimeoutError, match="buffer_memory"):
                 for _ in range(20000):  # 200 MB if nothing pushed back
                     await producer.send(topic_name, value, partition=0)
-            connection = next(iter(producer._cluster._connections.values()))
-            # Bounded: what sits in the socket's buffer is one high-water mark plus the last request.
-            assert connection._transport.get_write_buffer_size() < 8 << 20
+                    accepted += 1
+            # Bounded: buffer_memory (1 MB) plus what the socket buffers hold before writes pause, far below
+            # the 200 MB offered.
+            # (Seen here: 0.6-4.5 MB accepted; the kernel's loopback buffers vary, hence the loose bound.)
+            assert accepted * len(value) < 64 << 20, f"{accepted} records accepted by a stalled broker"
         finally:
             os.kill(fresh_broker._process.pid, signal.SIGCONT)
 
