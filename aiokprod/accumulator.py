@@ -13,6 +13,11 @@ the reservation is released when the batch completes. So what is counted is what
 number of partitions. When the buffer is full, senders queue in FIFO order and are granted memory in that
 order as it frees, so thousands of blocked senders wake one by one, not as a herd, and while anyone is queued
 nobody appends past them.
+
+The open batch of each partition (the tail of its queue, not closed) is also registered in a
+``RecordAppender``: ``Producer.send``'s compiled fast path appends there without going through this class.
+So every place below where a batch starts or stops taking records tells the appender (``batch_opened`` /
+``batch_closed``): a new batch, a full one, a drained one (``mark_drained``), an expired one, a settled one.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import collections
 import time
 from typing import Callable, Optional
 
+from .appender import RecordAppender
 from .codec import RecordBatchBuilder
 
 
@@ -118,6 +124,7 @@ class RecordAccumulator:
         completion_factory: Callable,
         on_wakeup: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        appender: Optional[RecordAppender] = None,
     ) -> None:
         self.batch_size = batch_size
         self.compression = compression
@@ -134,6 +141,11 @@ class RecordAccumulator:
         self.flushing = 0
         self.closed = False
         self._drain_counter = 0
+        # Told about every batch that opens or closes (see the module docstring); a private one if the
+        # caller (the producer, whose send() appends through it) does not share its own.
+        self.appender = RecordAppender(batch_size) if appender is None else appender
+        self._batch_opened = self.appender.batch_opened
+        self._batch_closed = self.appender.batch_closed
 
     # -- memory -------------------------------------------------------------------------------------------
     def try_reserve(self, size: int) -> bool:
@@ -196,6 +208,7 @@ class RecordAccumulator:
                     return batch.completion.add(timestamp_ms)
                 # Full: it is ready now, whatever linger_ms says.
                 batch.closed = True
+                self._batch_closed(batch)
                 self.on_wakeup()
         return None
 
@@ -221,12 +234,14 @@ class RecordAccumulator:
                     self.release(reserved)
                     return batch.completion.add(timestamp_ms)
                 batch.closed = True
+                self._batch_closed(batch)
         batch = self._new_batch(topic, partition)
         if not batch.builder.append(timestamp_ms, key, value, headers):  # a first record always fits
             raise AssertionError("RecordBatchBuilder refused the first record of a batch")
         batches.append(batch)
         batch.reserved = reserved
         handle = batch.completion.add(timestamp_ms)
+        self._batch_opened(batches, batch)
         self.on_wakeup()
         return handle
 
@@ -262,7 +277,9 @@ class RecordAccumulator:
         return ready, next_check
 
     def mark_drained(self, batch: ProducerBatch) -> None:
-        """Called when a batch leaves its queue for the first time: fixes its place for retries."""
+        """Called when a batch leaves its queue (frozen by the sender): it takes no more records; the first
+        time, this also fixes its place for retries."""
+        self._batch_closed(batch)
         if batch.drain_order < 0:
             batch.drain_order = self._drain_counter
             self._drain_counter += 1
@@ -279,6 +296,7 @@ class RecordAccumulator:
         batches.insert(index, batch)
 
     def batch_done(self, batch: ProducerBatch) -> None:
+        self._batch_closed(batch)
         self.release(batch.reserved)
         batch.reserved = 0
 
@@ -288,7 +306,9 @@ class RecordAccumulator:
         for queue in self.queues.values():
             batches = queue.batches
             while batches and batches[0].deadline <= now:
-                result.append(batches.popleft())
+                batch = batches.popleft()
+                self._batch_closed(batch)
+                result.append(batch)
         return result
 
     def all_batches(self):

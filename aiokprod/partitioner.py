@@ -10,42 +10,38 @@
 """
 from __future__ import annotations
 
-import random
-
+from .appender import RecordAppender
 from .codec import key_partition
 
 
 class DefaultPartitioner:
-    """Java-compatible murmur2 for keys, uniform sticky for keyless records."""
+    """Java-compatible murmur2 for keys, uniform sticky for keyless records.
+
+    The sticky state (per topic: the partition and the bytes sent there) lives in a ``RecordAppender``:
+    the producer passes its own, whose ``append`` (send()'s compiled fast path) places keyless records from
+    the same state and counts their bytes with the same switching rule. One copy of the state means both
+    paths switch at the same byte, with the same random draws. Built alone, it makes a private one.
+    """
 
     name = "default"
 
-    def __init__(self, batch_size: int = 16384) -> None:
+    def __init__(self, batch_size: int = 16384, sticky: RecordAppender | None = None) -> None:
         self.batch_size = batch_size
-        # topic -> [sticky partition, bytes sent there since it was chosen]
-        self._sticky: dict[str, list] = {}
-        self._random = random.Random()
+        self.sticky = RecordAppender(batch_size) if sticky is None else sticky
+        if self.sticky.batch_size != batch_size:
+            raise ValueError(f"sticky state counts to {self.sticky.batch_size} bytes, not {batch_size}")
+        self._sticky_partition = self.sticky.sticky_partition
 
     def partition(self, topic: str, key: bytes | None, num_partitions: int) -> int:
         if key is not None:
             return key_partition(key, num_partitions)
-        state = self._sticky.get(topic)
-        if state is None or state[0] >= num_partitions:
-            state = self._sticky[topic] = [self._random.randrange(num_partitions), 0]
-        return state[0]
+        # Stays on one partition until about batch_size bytes went there (record_appended), then moves to
+        # another chosen at random; a new random one if the topic shrank below it.
+        return self._sticky_partition(topic, num_partitions)
 
     def record_appended(self, topic: str, partition: int, num_bytes: int, num_partitions: int) -> None:
         """Count bytes on the sticky partition; switch once about a batch's worth went there (KIP-794)."""
-        state = self._sticky.get(topic)
-        if state is None or state[0] != partition:
-            return
-        state[1] += num_bytes
-        if state[1] >= self.batch_size:
-            state[1] = 0
-            if num_partitions > 1:
-                # Any partition but the current one, uniformly.
-                choice = self._random.randrange(num_partitions - 1)
-                state[0] = choice if choice < partition else choice + 1
+        self.sticky.record_appended(topic, partition, num_bytes, num_partitions)
 
 
 class RoundRobinPartitioner:
@@ -80,10 +76,11 @@ class CallablePartitioner:
         pass
 
 
-def make_partitioner(spec, batch_size: int):
-    """``None``/"default"/"murmur2" -> default; "round_robin"; an object with ``partition``; or a callable."""
+def make_partitioner(spec, batch_size: int, sticky: RecordAppender | None = None):
+    """``None``/"default"/"murmur2" -> default (keeping its sticky state in ``sticky`` if given);
+    "round_robin"; an object with ``partition`` and ``record_appended``; or a callable."""
     if spec is None or spec in ("default", "murmur2", "murmur2_random", "consistent_random"):
-        return DefaultPartitioner(batch_size)
+        return DefaultPartitioner(batch_size, sticky)
     if spec in ("round_robin", "roundrobin"):
         return RoundRobinPartitioner()
     if hasattr(spec, "partition") and hasattr(spec, "record_appended"):

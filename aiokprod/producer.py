@@ -3,6 +3,10 @@
 ``send()`` serializes, partitions and appends a record to the accumulator and returns the record's delivery
 handle (awaitable, resolving to ``RecordMetadata``). It awaits only when it must: for the metadata of a topic
 it has not seen, or for room in ``buffer_memory``. The sender task does everything else.
+
+The common case (running, no interceptors or serializers, metadata cached, room in the partition's open
+batch) is one call into compiled code, ``RecordAppender.append`` (``aiokprod/_native/appender.pyx``); it
+returns None, having done nothing, for everything else, which the rest of ``send()`` handles.
 """
 from __future__ import annotations
 
@@ -14,13 +18,14 @@ from typing import Optional
 
 from . import errors
 from .accumulator import RecordAccumulator
+from .appender import RecordAppender
 from .cluster import Cluster
 from .codec import record_size_upper_bound
 from .config import ProducerConfig
 from .handle import BatchCompletion
 from .interceptors import InterceptorChain, ProducerRecord
 from .metrics import ProducerMetrics
-from .partitioner import make_partitioner
+from .partitioner import CallablePartitioner, DefaultPartitioner, RoundRobinPartitioner, make_partitioner
 from .sender import Sender
 from .serializers import check_bytes
 
@@ -53,16 +58,30 @@ class Producer:
 
     def _init_parts(self) -> None:
         config = self.config
+        # send()'s fast path, and the keyless sticky state its DefaultPartitioner shares with it.
+        self._appender = RecordAppender(config.batch_size)
+        self._fast_append = self._appender.append
         self._state = State.NEW
         self._stopped: Optional[asyncio.Future] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._partitioner = make_partitioner(config.partitioner, config.batch_size)
+        self._partitioner = make_partitioner(config.partitioner, config.batch_size, self._appender)
         self._interceptors = InterceptorChain(config.interceptors)
         self._has_interceptors = bool(config.interceptors)
         self._max_record_size = min(config.max_request_size, config.buffer_memory)
         self._topics: dict = {}
         self._key_serializer = config.key_serializer
         self._value_serializer = config.value_serializer
+        # The fast path does what the slow path does for records that need no interceptor, serializer or
+        # partitioner call. It places records itself only for our own DefaultPartitioner (whose state it
+        # holds); with round robin or a callable (whose record_appended does nothing) it takes the records
+        # that name their partition; with any other partitioner object (whose record_appended may do
+        # anything) it takes none.
+        partitioner = self._partitioner
+        self._own_partitioner = type(partitioner) is DefaultPartitioner and partitioner.sticky is self._appender
+        self._fast_path = (not self._has_interceptors and self._key_serializer is None
+                           and self._value_serializer is None
+                           and (self._own_partitioner
+                                or type(partitioner) in (RoundRobinPartitioner, CallablePartitioner)))
         self._max_block = config.max_block_ms / 1000.0
         self._cluster: Optional[Cluster] = None
         self._accumulator: Optional[RecordAccumulator] = None
@@ -73,7 +92,7 @@ class Producer:
     async def start(self) -> None:
         if self._state is not State.NEW:
             raise errors.IllegalStateError(f"start() on a producer that is {self._state.value}")
-        self._state = State.STARTING
+        self._set_state(State.STARTING)
         loop = self._loop = asyncio.get_running_loop()
         config = self.config
         self._cluster = Cluster(config, on_change=self._wakeup_sender)
@@ -87,20 +106,27 @@ class Producer:
             delivery_timeout_ms=config.delivery_timeout_ms,
             completion_factory=lambda topic, partition: BatchCompletion(loop, topic, partition),
             on_wakeup=self._wakeup_sender,
+            appender=self._appender,
         )
+        self._appender.bind(self._topics, self._accumulator.waiters, self._max_record_size, self._own_partitioner)
         self._sender = Sender(config, self._cluster, self._accumulator, self._metrics, on_fatal=self._sender_failed)
         try:
             await self._cluster.bootstrap()
         except BaseException:
-            self._state = State.CLOSED
+            self._set_state(State.CLOSED)
             await self._cluster.close()
             raise
         self._sender.start()
-        self._state = State.RUNNING
+        self._set_state(State.RUNNING)
+
+    def _set_state(self, state: State) -> None:
+        """Every state change goes through here: the fast path runs only while the producer is RUNNING."""
+        self._state = state
+        self._appender.enabled = state is State.RUNNING and self._fast_path
 
     def _sender_failed(self) -> None:
         if self._state is State.RUNNING:
-            self._state = State.FAILED
+            self._set_state(State.FAILED)
 
     def _wakeup_sender(self) -> None:
         if self._sender is not None:
@@ -116,9 +142,9 @@ class Producer:
                 await asyncio.shield(self._stopped)  # a concurrent stop(): return when it is done
             return
         if self._state is State.NEW:
-            self._state = State.CLOSED
+            self._set_state(State.CLOSED)
             return
-        self._state = State.CLOSING
+        self._set_state(State.CLOSING)
         self._stopped = self._loop.create_future()
         if timeout is None:
             timeout = self.config.stop_timeout_ms / 1000.0
@@ -135,7 +161,7 @@ class Producer:
             # every handle is done() when stop() returns (callbacks run FIFO, before our resumption).
             await asyncio.sleep(0)
             self._interceptors.close()
-            self._state = State.CLOSED
+            self._set_state(State.CLOSED)
             self._stopped.set_result(None)
 
     async def __aenter__(self) -> "Producer":
@@ -150,10 +176,15 @@ class Producer:
                    timestamp_ms: Optional[int] = None, headers=None):
         """Append a record; return its delivery handle (await it for ``RecordMetadata``).
 
-        The hot path: with the topic's metadata cached and room in the buffer this never yields. Every check
-        below is ordered so that the common case (bytes key/value, default partitioner) takes the fewest
-        Python operations; the rare cases branch off to helpers.
+        The hot path: with the topic's metadata cached and room in the buffer this never yields. The common
+        case is the one compiled call below; what it declines (it then did nothing) goes through the general
+        path after it, which is the reference behaviour: the fast path must give the same partition, order,
+        handle and accounting as this code would. Its checks are ordered so that the common case takes the
+        fewest Python operations; the rare cases branch off to helpers.
         """
+        handle = self._fast_append(topic, value, key, partition, timestamp_ms, headers)
+        if handle is not None:
+            return handle
         if self._state is not State.RUNNING:
             self._raise_not_running(topic)
         if self._has_interceptors:

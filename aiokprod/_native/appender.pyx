@@ -1,0 +1,371 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The common case of ``Producer.send`` in one compiled call (twin: ``aiokprod/_python/appender.py``).
+
+``send()`` of a record whose topic's metadata is cached and whose partition has an open batch with room
+needs no await. Done as Python it is ~1.4 us/record, nearly all of it attribute lookups, dict lookups and
+calls (producer state, serializers, metadata, partitioner, size bound, clock, accumulator queue, batch,
+builder, completion, partitioner again). :meth:`RecordAppender.append` does that work here, from C fields,
+and returns the record's delivery handle; or returns None, having changed NOTHING, whenever anything is
+out of the ordinary, and ``send()`` goes on with its general (slow) path, which raises the right errors and
+awaits what must be awaited. So the fast path never has to reproduce an error or a wait: only the outcome
+of the slow path when that outcome is "appended to the open batch".
+
+What the fast path needs, kept per topic in a :class:`_Topic`:
+
+- the topic's partition count, re-read only when the metadata cache holds a new ``TopicInfo`` object (the
+  cluster replaces it on every refresh, never mutates it);
+- the keyless "uniform sticky" state (KIP-794): the sticky partition and the bytes appended to it. This is
+  the ONE copy of that state: ``DefaultPartitioner`` reads and updates it through :meth:`sticky_partition`
+  and :meth:`record_appended`, so both paths switch at the same byte, with the same random draws;
+- per partition, the open batch (an :class:`_OpenBatch`: its queue's deque, the batch, its builder and its
+  completion), set by the accumulator when it opens a batch and cleared whenever that batch stops taking
+  records (full, drained, expired, settled). The fast path also checks that the batch is still the tail of
+  its partition's deque: a cheap guard that a queue changed behind the accumulator's back (the sender pops
+  and clears deques) can never make us append to a batch that is gone.
+
+Memory: a record appended to an open batch needs no ``buffer_memory`` (the batch reserved its buffer when it
+was made), exactly as ``RecordAccumulator.try_append``; and while senders are queued for memory nothing is
+appended, so nobody overtakes them.
+"""
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.long cimport PyLong_CheckExact, PyLong_FromLongLong
+from cpython.object cimport PyObject
+from cpython.sequence cimport PySequence_GetItem
+from cpython.unicode cimport PyUnicode_CheckExact
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+
+import random
+from time import time as _time
+
+from aiokprod.codec import BATCH_HEADER_SIZE, RECORD_OVERHEAD_MAX, record_size_upper_bound
+
+__all__ = ["RecordAppender"]
+
+# record_size_upper_bound() for bytes/None key and value and no headers, without the call: batch header +
+# the record's fixed worst case + the two length varints and the bytes + one byte of header count.
+cdef Py_ssize_t _FIXED_SIZE = BATCH_HEADER_SIZE + RECORD_OVERHEAD_MAX + 1
+cdef object _size_bound = record_size_upper_bound
+cdef object _clock = _time
+
+
+cdef extern from *:
+    """
+    #include <time.h>
+    /* Bytes of the varint of a zig-zagged length (-1 for null): what record_size_upper_bound counts. */
+    static inline Py_ssize_t aiokprod_length_varint_size(Py_ssize_t n) {
+        unsigned long long u = ((unsigned long long)n << 1) ^ (unsigned long long)(n >> 63);
+        if (u < 0x80) return 1;
+        if (u < 0x4000) return 2;
+        return (9 * (64 - __builtin_clzll(u)) + 64) >> 6;
+    }
+
+    /* int(time.time() * 1000), bit for bit, without the two calls and the float object. CPython 3.11's
+       time.time() reads CLOCK_REALTIME as integer nanoseconds t, and turns it into a double as
+       _PyTime_AsSecondsDouble does (exact seconds when t is a whole number of seconds, else (double)t /
+       1e9); the multiplication by 1000 is a double multiplication and int() truncates. Returns -1 if
+       the clock cannot be read (the caller then asks Python). */
+    static inline long long aiokprod_now_ms(void) {
+        struct timespec ts;
+        long long t;
+        double d;
+        if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+            return -1;
+        t = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        if (t % 1000000000LL == 0)
+            d = (double)(t / 1000000000LL);
+        else
+            d = (double)t / 1e9;
+        return (long long)(d * 1000.0);
+    }
+    """
+    Py_ssize_t aiokprod_length_varint_size(Py_ssize_t n) noexcept nogil
+    long long aiokprod_now_ms() noexcept nogil
+    # Without Cython's error check: an int too big for Py_ssize_t is just "out of range" here (we clear
+    # the OverflowError and decline; the slow path then raises its ValueError).
+    Py_ssize_t aiokprod_as_ssize "PyLong_AsSsize_t"(object o) noexcept
+    void PyErr_Clear() noexcept
+
+
+cdef inline int32_t _murmur2(const unsigned char* data, Py_ssize_t length) noexcept nogil:
+    # The Java client's murmur2 (seed 0x9747b28c), the same code as aiokprod._native.codec's (which has no
+    # .pxd to cimport it from); tests/test_appender.py checks both against the Java vectors. uint32
+    # arithmetic gives Java's wrapping signed-int bits.
+    cdef uint32_t m = 0x5BD1E995U
+    cdef uint32_t h = (<uint32_t>0x9747B28CU) ^ <uint32_t>length
+    cdef uint32_t k
+    cdef Py_ssize_t i, end4 = length & ~(<Py_ssize_t>3)
+    for i in range(0, end4, 4):
+        k = (<uint32_t>data[i] | (<uint32_t>data[i + 1] << 8) | (<uint32_t>data[i + 2] << 16)
+             | (<uint32_t>data[i + 3] << 24))
+        k *= m
+        k ^= k >> 24
+        k *= m
+        h *= m
+        h ^= k
+    cdef Py_ssize_t rest = length & 3
+    if rest == 3:
+        h ^= <uint32_t>data[end4 + 2] << 16
+    if rest >= 2:
+        h ^= <uint32_t>data[end4 + 1] << 8
+    if rest >= 1:
+        h ^= <uint32_t>data[end4]
+        h *= m
+    h ^= h >> 13
+    h *= m
+    h ^= h >> 15
+    return <int32_t>h
+
+
+@cython.final
+@cython.freelist(64)
+cdef class _OpenBatch:
+    """The open batch of one partition, as the fast path needs it: no attribute lookups per record."""
+
+    cdef object batches      # the PartitionQueue's deque; the batch must still be its tail
+    cdef object batch
+    cdef object builder
+    cdef object completion
+    # The classes' own functions, called with the object as first argument: a direct vectorcall, where
+    # builder.append(...) would first look the method up on the type (~10 ns each, per record).
+    cdef object append
+    cdef object add
+
+
+@cython.final
+cdef class _Topic:
+    """Everything the fast path keeps about one topic."""
+
+    cdef object info                # the TopicInfo num_partitions was read from (None: not yet)
+    cdef Py_ssize_t num_partitions
+    cdef Py_ssize_t sticky          # the keyless sticky partition, -1 before the first keyless record
+    cdef Py_ssize_t sticky_bytes    # bytes appended to it since it was chosen
+    cdef list open                  # partition -> _OpenBatch or None
+
+    def __cinit__(self):
+        self.sticky = -1
+        self.open = []
+
+
+@cython.final
+cdef class RecordAppender:
+    """The per-producer fast path of ``send()``; also the sticky partitioner's state. See the module doc."""
+
+    cdef public bint enabled            # set by the producer: running, no interceptors, no serializers
+    cdef readonly bint own_partitioner  # True: the producer's DefaultPartitioner uses our sticky state
+    cdef readonly Py_ssize_t batch_size
+    cdef dict _metadata                 # the cluster's live cache: topic -> TopicInfo
+    cdef object _waiters                # the accumulator's queue of senders waiting for memory
+    cdef Py_ssize_t _max_record_size
+    cdef dict _topics                   # topic -> _Topic
+    cdef object _randrange
+
+    def __init__(self, batch_size=16384, rng=None):
+        self.batch_size = batch_size
+        self.enabled = False
+        self.own_partitioner = False
+        self._metadata = {}
+        self._waiters = ()
+        self._max_record_size = 0
+        self._topics = {}
+        self._randrange = (random.Random() if rng is None else rng).randrange
+
+    def bind(self, metadata, waiters, max_record_size, own_partitioner):
+        """Attach to a started producer's parts. ``own_partitioner``: keyless and keyed records without an
+        explicit partition may be placed here (the producer's partitioner is a DefaultPartitioner sharing
+        this object); otherwise only records with an explicit partition take the fast path (their
+        partitioner's ``record_appended`` must then be a no-op)."""
+        if type(metadata) is not dict:
+            raise TypeError("metadata must be the cluster's dict of TopicInfo")
+        self._metadata = metadata
+        self._waiters = waiters
+        self._max_record_size = max_record_size
+        self.own_partitioner = own_partitioner
+
+    cdef _Topic _topic(self, str topic):
+        cdef PyObject* found = PyDict_GetItem(self._topics, topic)
+        if found is not NULL:
+            return <_Topic>found
+        state = _Topic()
+        self._topics[topic] = state
+        return state
+
+    # -- the fast path ------------------------------------------------------------------------------------
+    def append(self, topic, value, key, partition, timestamp_ms, headers):
+        """Append to the partition's open batch and return the record's handle; None (nothing done) if the
+        record needs the general path. Arguments as ``Producer.send``'s, serializers already applied."""
+        cdef PyObject* found
+        cdef _Topic state
+        cdef _OpenBatch slot
+        cdef Py_ssize_t n, p, klen, vlen, size
+        cdef long long now
+        if not self.enabled or not PyUnicode_CheckExact(topic):
+            return None
+        found = PyDict_GetItem(self._topics, topic)
+        if found is NULL:
+            return None  # no batch was ever opened for this topic
+        state = <_Topic>found
+        found = PyDict_GetItem(self._metadata, topic)
+        if found is NULL:
+            return None  # metadata not cached (or dropped): send() waits for it
+        if found is not <PyObject*>state.info:
+            state.num_partitions = (<object>found).num_partitions
+            state.info = <object>found
+        n = state.num_partitions
+        if n <= 0 or n > 0x7FFFFFFF:
+            return None  # the slow path raises (no partitions) or copes (never seen: Kafka ids are int32)
+        # Key and value exactly bytes or None (anything else is converted or refused by the slow path).
+        if key is None:
+            klen = -1
+        elif PyBytes_CheckExact(key):
+            klen = PyBytes_GET_SIZE(key)
+        else:
+            return None
+        if value is None:
+            vlen = -1
+        elif PyBytes_CheckExact(value):
+            vlen = PyBytes_GET_SIZE(value)
+        else:
+            return None
+        # The partition, as DefaultPartitioner.partition() would say, or the caller's if in range.
+        if partition is None:
+            if not self.own_partitioner:
+                return None
+            if klen >= 0:
+                # (A 32-bit division: n < 2**31, and the 64-bit one costs several times as much.)
+                p = <uint32_t>(_murmur2(<const unsigned char*>PyBytes_AS_STRING(key), klen) & 0x7FFFFFFF) % <uint32_t>n
+            else:
+                p = state.sticky
+                if p < 0 or p >= n:
+                    return None  # no sticky partition yet, or a stale one: the partitioner draws one
+        elif PyLong_CheckExact(partition):
+            p = aiokprod_as_ssize(partition)
+            if p < 0 or p >= n:
+                if p == -1:
+                    PyErr_Clear()  # -1 may also be an overflow: either way, out of range
+                return None
+        else:
+            return None
+        # The partition's open batch, still the tail of its queue, and nobody waiting for memory.
+        if p >= PyList_GET_SIZE(state.open):
+            return None
+        found = PyList_GET_ITEM(state.open, p)
+        if <object>found is None:
+            return None
+        slot = <_OpenBatch>found
+        if self._waiters:
+            return None
+        batches = slot.batches
+        # (PySequence_GetItem counts a negative index from the end; the deque's end item is O(1).)
+        if not batches or PySequence_GetItem(batches, -1) is not slot.batch:
+            return None
+        # record_size_upper_bound, inline when there are no headers.
+        if headers is None:
+            size = (_FIXED_SIZE + aiokprod_length_varint_size(klen) + (klen if klen > 0 else 0)
+                    + aiokprod_length_varint_size(vlen) + (vlen if vlen > 0 else 0))
+        elif type(headers) is list or type(headers) is tuple:
+            # Validates the headers too: a bad one raises the TypeError send()'s slow path would raise at
+            # the same point, before anything was appended.
+            size = _size_bound(key, value, headers)
+        else:
+            return None
+        if size > self._max_record_size:
+            return None  # send() raises RecordTooLargeError
+        if timestamp_ms is None:
+            now = aiokprod_now_ms()
+            timestamp_ms = PyLong_FromLongLong(now) if now >= 0 else int(_clock() * 1000)
+        elif not PyLong_CheckExact(timestamp_ms):
+            return None
+        if not slot.append(slot.builder, timestamp_ms, key, value, headers):
+            # Full. The slow path's try_append finds it so again, marks it closed and wakes the sender.
+            return None
+        handle = slot.add(slot.completion, timestamp_ms)
+        if self.own_partitioner and p == state.sticky:
+            # DefaultPartitioner.record_appended, which send() calls after every append (keyed and explicit
+            # records count too when they land on the sticky partition).
+            state.sticky_bytes += size
+            if state.sticky_bytes >= self.batch_size:
+                self._switch(state, p, n)
+        return handle
+
+    # -- the sticky partitioner's state (used by DefaultPartitioner) ---------------------------------------
+    def sticky_partition(self, str topic, Py_ssize_t num_partitions):
+        """The keyless partition for ``topic``: the sticky one, or a new random one if there is none yet or
+        it is out of range (the topic shrank)."""
+        cdef _Topic state = self._topic(topic)
+        if state.sticky < 0 or state.sticky >= num_partitions:
+            state.sticky = self._randrange(num_partitions)
+            state.sticky_bytes = 0
+        return state.sticky
+
+    def record_appended(self, str topic, Py_ssize_t partition, Py_ssize_t num_bytes, Py_ssize_t num_partitions):
+        """Count bytes on the sticky partition; switch once about a batch's worth went there (KIP-794)."""
+        cdef PyObject* found = PyDict_GetItem(self._topics, topic)
+        if found is NULL:
+            return
+        cdef _Topic state = <_Topic>found
+        if state.sticky < 0 or state.sticky != partition:
+            return
+        state.sticky_bytes += num_bytes
+        if state.sticky_bytes >= self.batch_size:
+            self._switch(state, partition, num_partitions)
+
+    cdef int _switch(self, _Topic state, Py_ssize_t partition, Py_ssize_t num_partitions) except -1:
+        state.sticky_bytes = 0
+        cdef Py_ssize_t choice
+        if num_partitions > 1:
+            # Any partition but the current one, uniformly.
+            choice = self._randrange(num_partitions - 1)
+            state.sticky = choice if choice < partition else choice + 1
+        return 0
+
+    # -- open batches (maintained by RecordAccumulator) ---------------------------------------------------
+    def batch_opened(self, batches, batch):
+        """``batch`` (just appended to the ``batches`` deque of its partition) is its partition's open batch."""
+        cdef _Topic state = self._topic(batch.topic)
+        cdef Py_ssize_t partition = batch.partition
+        if partition < 0:
+            raise ValueError(f"partition {partition} < 0")
+        while PyList_GET_SIZE(state.open) <= partition:
+            state.open.append(None)
+        cdef _OpenBatch slot = _OpenBatch.__new__(_OpenBatch)
+        slot.batches = batches
+        slot.batch = batch
+        slot.builder = batch.builder
+        slot.completion = batch.completion
+        slot.append = type(slot.builder).append
+        slot.add = type(slot.completion).add
+        state.open[partition] = slot
+
+    def batch_closed(self, batch):
+        """``batch`` takes no more records (full, drained, expired or settled): forget it if it was open."""
+        cdef PyObject* found = PyDict_GetItem(self._topics, batch.topic)
+        if found is NULL:
+            return
+        cdef _Topic state = <_Topic>found
+        cdef Py_ssize_t partition = batch.partition
+        if 0 <= partition < PyList_GET_SIZE(state.open):
+            slot = state.open[partition]
+            if slot is not None and (<_OpenBatch>slot).batch is batch:
+                state.open[partition] = None
+
+    def sticky_state(self, str topic):
+        """``(sticky partition, bytes counted on it)`` for ``topic``, or None before its first keyless record:
+        for tests and diagnostics; changes nothing."""
+        cdef PyObject* found = PyDict_GetItem(self._topics, topic)
+        if found is NULL or (<_Topic>found).sticky < 0:
+            return None
+        return ((<_Topic>found).sticky, (<_Topic>found).sticky_bytes)
+
+    def open_batch(self, str topic, Py_ssize_t partition):
+        """The batch the fast path would append to for ``topic``-``partition`` (None: none), for tests."""
+        cdef PyObject* found = PyDict_GetItem(self._topics, topic)
+        if found is NULL:
+            return None
+        cdef _Topic state = <_Topic>found
+        if not 0 <= partition < PyList_GET_SIZE(state.open):
+            return None
+        slot = state.open[partition]
+        return None if slot is None else (<_OpenBatch>slot).batch

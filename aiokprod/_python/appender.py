@@ -1,0 +1,210 @@
+"""The common case of ``Producer.send`` in one call (pure-Python twin of ``aiokprod/_native/appender.pyx``).
+
+Same names, signatures and results as the compiled twin; read its module docstring for the design: the
+per-topic partition count, sticky state (the one copy, shared with ``DefaultPartitioner``) and open batches
+(maintained by ``RecordAccumulator``), and the rule that :meth:`RecordAppender.append` either appends to the
+open batch and returns the handle, or returns None having changed nothing. ``tests/test_appender.py`` runs
+both twins through the same tests and against ``send()``'s general path.
+"""
+from __future__ import annotations
+
+import random
+from time import time as _time
+
+from aiokprod.codec import BATCH_HEADER_SIZE, RECORD_OVERHEAD_MAX, key_partition, record_size_upper_bound
+
+__all__ = ["RecordAppender"]
+
+_FIXED_SIZE = BATCH_HEADER_SIZE + RECORD_OVERHEAD_MAX + 1
+
+
+def _length_varint_size(n: int) -> int:
+    """Bytes of the varint of a zig-zagged length (-1 for null)."""
+    u = (n << 1) ^ (n >> 63)
+    size = 1
+    while u >= 0x80:
+        u >>= 7
+        size += 1
+    return size
+
+
+class _OpenBatch:
+    __slots__ = ("batches", "batch", "builder", "completion")
+
+    def __init__(self, batches, batch) -> None:
+        self.batches = batches
+        self.batch = batch
+        self.builder = batch.builder
+        self.completion = batch.completion
+
+
+class _Topic:
+    __slots__ = ("info", "num_partitions", "sticky", "sticky_bytes", "open")
+
+    def __init__(self) -> None:
+        self.info = None
+        self.num_partitions = 0
+        self.sticky = -1
+        self.sticky_bytes = 0
+        self.open: list = []
+
+
+class RecordAppender:
+    """The per-producer fast path of ``send()``; also the sticky partitioner's state."""
+
+    __slots__ = ("enabled", "own_partitioner", "batch_size", "_metadata", "_waiters", "_max_record_size",
+                 "_topics", "_randrange")
+
+    def __init__(self, batch_size: int = 16384, rng=None) -> None:
+        self.batch_size = batch_size
+        self.enabled = False
+        self.own_partitioner = False
+        self._metadata: dict = {}
+        self._waiters = ()
+        self._max_record_size = 0
+        self._topics: dict[str, _Topic] = {}
+        self._randrange = (random.Random() if rng is None else rng).randrange
+
+    def bind(self, metadata, waiters, max_record_size, own_partitioner) -> None:
+        if type(metadata) is not dict:
+            raise TypeError("metadata must be the cluster's dict of TopicInfo")
+        self._metadata = metadata
+        self._waiters = waiters
+        self._max_record_size = max_record_size
+        self.own_partitioner = bool(own_partitioner)
+
+    def _topic(self, topic: str) -> _Topic:
+        state = self._topics.get(topic)
+        if state is None:
+            state = self._topics[topic] = _Topic()
+        return state
+
+    # -- the fast path ------------------------------------------------------------------------------------
+    def append(self, topic, value, key, partition, timestamp_ms, headers):
+        if not self.enabled or type(topic) is not str:
+            return None
+        state = self._topics.get(topic)
+        if state is None:
+            return None
+        info = self._metadata.get(topic)
+        if info is None:
+            return None
+        if info is not state.info:
+            state.num_partitions = info.num_partitions
+            state.info = info
+        n = state.num_partitions
+        if n <= 0:
+            return None
+        if key is None:
+            klen = -1
+        elif type(key) is bytes:
+            klen = len(key)
+        else:
+            return None
+        if value is None:
+            vlen = -1
+        elif type(value) is bytes:
+            vlen = len(value)
+        else:
+            return None
+        if partition is None:
+            if not self.own_partitioner:
+                return None
+            if klen >= 0:
+                p = key_partition(key, n)
+            else:
+                p = state.sticky
+                if p < 0 or p >= n:
+                    return None
+        elif type(partition) is int:
+            p = partition
+            if p < 0 or p >= n:
+                return None
+        else:
+            return None
+        open_batches = state.open
+        if p >= len(open_batches):
+            return None
+        slot = open_batches[p]
+        if slot is None or self._waiters:
+            return None
+        batches = slot.batches
+        if not batches or batches[-1] is not slot.batch:
+            return None
+        if headers is None:
+            size = (_FIXED_SIZE + _length_varint_size(klen) + (klen if klen > 0 else 0)
+                    + _length_varint_size(vlen) + (vlen if vlen > 0 else 0))
+        elif type(headers) is list or type(headers) is tuple:
+            size = record_size_upper_bound(key, value, headers)
+        else:
+            return None
+        if size > self._max_record_size:
+            return None
+        if timestamp_ms is None:
+            timestamp_ms = int(_time() * 1000)
+        elif type(timestamp_ms) is not int:
+            return None
+        if not slot.builder.append(timestamp_ms, key, value, headers):
+            return None
+        handle = slot.completion.add(timestamp_ms)
+        if self.own_partitioner and p == state.sticky:
+            state.sticky_bytes += size
+            if state.sticky_bytes >= self.batch_size:
+                self._switch(state, p, n)
+        return handle
+
+    # -- the sticky partitioner's state (used by DefaultPartitioner) ---------------------------------------
+    def sticky_partition(self, topic: str, num_partitions: int) -> int:
+        state = self._topic(topic)
+        if state.sticky < 0 or state.sticky >= num_partitions:
+            state.sticky = self._randrange(num_partitions)
+            state.sticky_bytes = 0
+        return state.sticky
+
+    def record_appended(self, topic: str, partition: int, num_bytes: int, num_partitions: int) -> None:
+        state = self._topics.get(topic)
+        if state is None or state.sticky < 0 or state.sticky != partition:
+            return
+        state.sticky_bytes += num_bytes
+        if state.sticky_bytes >= self.batch_size:
+            self._switch(state, partition, num_partitions)
+
+    def _switch(self, state: _Topic, partition: int, num_partitions: int) -> None:
+        state.sticky_bytes = 0
+        if num_partitions > 1:
+            choice = self._randrange(num_partitions - 1)
+            state.sticky = choice if choice < partition else choice + 1
+
+    # -- open batches (maintained by RecordAccumulator) ---------------------------------------------------
+    def batch_opened(self, batches, batch) -> None:
+        state = self._topic(batch.topic)
+        partition = batch.partition.__index__()
+        if partition < 0:
+            raise ValueError(f"partition {partition} < 0")
+        open_batches = state.open
+        while len(open_batches) <= partition:
+            open_batches.append(None)
+        open_batches[partition] = _OpenBatch(batches, batch)
+
+    def batch_closed(self, batch) -> None:
+        state = self._topics.get(batch.topic)
+        if state is None:
+            return
+        partition = batch.partition
+        if 0 <= partition < len(state.open):
+            slot = state.open[partition]
+            if slot is not None and slot.batch is batch:
+                state.open[partition] = None
+
+    def sticky_state(self, topic: str):
+        state = self._topics.get(topic)
+        if state is None or state.sticky < 0:
+            return None
+        return (state.sticky, state.sticky_bytes)
+
+    def open_batch(self, topic: str, partition: int):
+        state = self._topics.get(topic)
+        if state is None or not 0 <= partition < len(state.open):
+            return None
+        slot = state.open[partition]
+        return None if slot is None else slot.batch
