@@ -204,6 +204,8 @@ class Producer:
             if self._state is not State.RUNNING:  # stop() ran while we waited for metadata
                 self._raise_not_running(topic)
         num_partitions = info.num_partitions
+        # Only records the partitioner placed without a key count toward its sticky switch (KIP-794).
+        sticky = partition is None and key is None
         if partition is None:
             partition = self._partitioner.partition(topic, key, num_partitions)
             if type(partition) is not int or not 0 <= partition < num_partitions:
@@ -221,7 +223,8 @@ class Producer:
         handle = accumulator.try_append(topic, partition, timestamp_ms, key, value, headers)
         if handle is None:
             handle = await self._append_new_batch(topic, partition, timestamp_ms, key, value, headers, size)
-        self._partitioner.record_appended(topic, partition, size, num_partitions)
+        if sticky:
+            self._partitioner.record_appended(topic, partition, size, num_partitions)
         if self._has_interceptors:
             handle.add_done_callback(self._acknowledge)
         return handle

@@ -133,3 +133,24 @@ async def test_leader_move_is_followed_without_loss_or_duplicates(kafka_proxy, b
         sent += [b"moving-%d" % i for i in range(40) if i % n == p]
         sent += [b"tail-%d-%d" % (p, i) for i in range(5)]
         assert mine == sent
+
+
+async def test_keyed_records_do_not_move_the_sticky_partition(broker, topic_name):
+    """KIP-794: only records the sticky partitioner placed (keyless, no partition given) count toward its
+    switch; keyed records landing on the same partition do not."""
+    from aiokprod.codec import key_partition
+
+    async with Producer(broker.bootstrap, batch_size=1024, linger_ms=60_000) as producer:
+        n = len(await producer.partitions_for(topic_name))
+        first = await producer.send(topic_name, b"k0" + b"s" * 98)
+        await producer.flush()
+        sticky = first.result().partition
+        keys = [k for k in (b"key-%d" % i for i in range(500)) if key_partition(k, n) == sticky][:40]
+        keyed = [await producer.send(topic_name, b"v" * 100, key=k) for k in keys]  # ~5 KB on the sticky one
+        after = await producer.send(topic_name, b"k1" + b"s" * 98)
+        await producer.flush()
+        assert {h.result().partition for h in keyed} == {sticky}
+        assert after.result().partition == sticky  # keyed bytes did not trigger a switch
+        moved = [await producer.send(topic_name, b"s" * 100) for _ in range(12)]  # keyless bytes do
+        await producer.flush()
+        assert len({h.result().partition for h in moved}) > 1

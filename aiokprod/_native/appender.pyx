@@ -282,9 +282,9 @@ cdef class RecordAppender:
             # Full. The slow path's try_append finds it so again, marks it closed and wakes the sender.
             return None
         handle = slot.add(slot.completion, timestamp_ms)
-        if self.own_partitioner and p == state.sticky:
-            # DefaultPartitioner.record_appended, which send() calls after every append (keyed and explicit
-            # records count too when they land on the sticky partition).
+        if partition is None and klen < 0 and p == state.sticky:
+            # DefaultPartitioner.record_appended, which send() calls for the records the sticky partitioner
+            # placed (keyless, no partition given): as in Java's KIP-794, only they count toward a switch.
             state.sticky_bytes += size
             if state.sticky_bytes >= self.batch_size:
                 self._switch(state, p, n)

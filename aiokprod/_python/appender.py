@@ -147,7 +147,7 @@ class RecordAppender:
         if not slot.builder.append(timestamp_ms, key, value, headers):
             return None
         handle = slot.completion.add(timestamp_ms)
-        if self.own_partitioner and p == state.sticky:
+        if partition is None and klen < 0 and p == state.sticky:  # only records the sticky partitioner placed
             state.sticky_bytes += size
             if state.sticky_bytes >= self.batch_size:
                 self._switch(state, p, n)
