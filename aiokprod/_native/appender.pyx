@@ -28,6 +28,8 @@ was made), exactly as ``RecordAccumulator.try_append``; and while senders are qu
 appended, so nobody overtakes them.
 """
 cimport cython
+
+from aiokprod._native._murmur2 cimport murmur2_bytes
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
@@ -87,36 +89,6 @@ cdef extern from *:
     # the OverflowError and decline; the slow path then raises its ValueError).
     Py_ssize_t aiokprod_as_ssize "PyLong_AsSsize_t"(object o) noexcept
     void PyErr_Clear() noexcept
-
-
-cdef inline int32_t _murmur2(const unsigned char* data, Py_ssize_t length) noexcept nogil:
-    # The Java client's murmur2 (seed 0x9747b28c), the same code as aiokprod._native.codec's (which has no
-    # .pxd to cimport it from); tests/test_appender.py checks both against the Java vectors. uint32
-    # arithmetic gives Java's wrapping signed-int bits.
-    cdef uint32_t m = 0x5BD1E995U
-    cdef uint32_t h = (<uint32_t>0x9747B28CU) ^ <uint32_t>length
-    cdef uint32_t k
-    cdef Py_ssize_t i, end4 = length & ~(<Py_ssize_t>3)
-    for i in range(0, end4, 4):
-        k = (<uint32_t>data[i] | (<uint32_t>data[i + 1] << 8) | (<uint32_t>data[i + 2] << 16)
-             | (<uint32_t>data[i + 3] << 24))
-        k *= m
-        k ^= k >> 24
-        k *= m
-        h *= m
-        h ^= k
-    cdef Py_ssize_t rest = length & 3
-    if rest == 3:
-        h ^= <uint32_t>data[end4 + 2] << 16
-    if rest >= 2:
-        h ^= <uint32_t>data[end4 + 1] << 8
-    if rest >= 1:
-        h ^= <uint32_t>data[end4]
-        h *= m
-    h ^= h >> 13
-    h *= m
-    h ^= h >> 15
-    return <int32_t>h
 
 
 @cython.final
@@ -235,7 +207,7 @@ cdef class RecordAppender:
                 return None
             if klen >= 0:
                 # (A 32-bit division: n < 2**31, and the 64-bit one costs several times as much.)
-                p = <uint32_t>(_murmur2(<const unsigned char*>PyBytes_AS_STRING(key), klen) & 0x7FFFFFFF) % <uint32_t>n
+                p = <uint32_t>(murmur2_bytes(<const unsigned char*>PyBytes_AS_STRING(key), klen) & 0x7FFFFFFF) % <uint32_t>n
             else:
                 p = state.sticky
                 if p < 0 or p >= n:

@@ -8,6 +8,8 @@ Python object. Decoding is not on the hot path: it is the Python twin's code, re
 implementations give identical results by construction.
 """
 cimport cython
+
+from aiokprod._native._murmur2 cimport murmur2_bytes
 from cpython.buffer cimport PyBUF_READ, PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport (
@@ -173,42 +175,13 @@ cdef object _to_bytes(object obj, str field):
 
 # --- murmur2 ------------------------------------------------------------------------------------------
 
-cdef int32_t _murmur2(const unsigned char* data, Py_ssize_t length) noexcept nogil:
-    # Java's murmur2 works on signed ints with wrapping multiplication and >>>; uint32 arithmetic gives
-    # the same bits, and the final cast gives Java's signed result.
-    cdef uint32_t m = 0x5BD1E995U
-    cdef uint32_t h = (<uint32_t>0x9747B28CU) ^ <uint32_t>length
-    cdef uint32_t k
-    cdef Py_ssize_t i, end4 = length & ~(<Py_ssize_t>3)
-    for i in range(0, end4, 4):
-        k = (<uint32_t>data[i] | (<uint32_t>data[i + 1] << 8) | (<uint32_t>data[i + 2] << 16)
-             | (<uint32_t>data[i + 3] << 24))
-        k *= m
-        k ^= k >> 24
-        k *= m
-        h *= m
-        h ^= k
-    cdef Py_ssize_t rest = length & 3
-    if rest == 3:
-        h ^= <uint32_t>data[end4 + 2] << 16
-    if rest >= 2:
-        h ^= <uint32_t>data[end4 + 1] << 8
-    if rest >= 1:
-        h ^= <uint32_t>data[end4]
-        h *= m
-    h ^= h >> 13
-    h *= m
-    h ^= h >> 15
-    return <int32_t>h
-
-
 cdef int32_t _murmur2_obj(object data) except? -1:
     cdef Py_buffer view
     cdef int32_t result
     if PyBytes_CheckExact(data):
-        return _murmur2(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        return murmur2_bytes(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
     _get_view(data, &view, "murmur2 data")
-    result = _murmur2(<const unsigned char*>view.buf, view.len)
+    result = murmur2_bytes(<const unsigned char*>view.buf, view.len)
     PyBuffer_Release(&view)
     return result
 
