@@ -15,9 +15,14 @@ import time
 
 
 def _info() -> int:
-    from . import _impl, codec, handle
+    import importlib
 
-    print(f"aiokprod codec: {codec.IMPLEMENTATION}, handle: {handle.IMPLEMENTATION}")
+    from . import _impl
+    from ._native import MODULES
+
+    # Import each selector module (aiokprod.codec, aiokprod.handle, ...): that is what picks the twin.
+    chosen = {name: importlib.import_module(f"aiokprod.{name}").IMPLEMENTATION for name in MODULES}
+    print("aiokprod " + ", ".join(f"{name}: {implementation}" for name, implementation in chosen.items()))
     for name, error in _impl.LOAD_ERRORS.items():
         print(f"  native {name} did not load: {error}")
     return 0
