@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from aiokprod import _impl
 from aiokprod.errors import CorruptRecordError
+from helpers import JAVA_MURMUR2  # the Java client's values (UtilsTest), stated once for the suite
 
 TWINS = ["python"] if _impl.NO_EXTENSIONS else ["python", "native"]
 
@@ -30,15 +31,6 @@ fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 UINT64_MAX = (1 << 64) - 1
 
-# The Java client's murmur2 values (org.apache.kafka.common.utils.UtilsTest).
-JAVA_MURMUR2 = {
-    b"21": -973932308,
-    b"foobar": -790332482,
-    b"a-little-bit-long-string": -985981536,
-    b"a-little-bit-longer-string": -1486304829,
-    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
-    b"abc": 479470107,
-}
 
 
 def test_selector_exposes_the_expected_implementation():
