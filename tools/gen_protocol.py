@@ -290,22 +290,14 @@ class Gen:
             if rng is None:
                 continue
             c = self.cond(rng, within)
-            ind = 2
-            if c is not None:
-                body.append(f"        if {c}:")
-                ind = 3
+            ind = self.open_guard(body, c)
             body.append("    " * ind + f"v = self.{f.attr}")
             self.null_guard(body, ind, f, "v", within)
             self.enc_value(body, ind, f, False, "v", "out", self.flex_mode(f, within))
         # The tagged-field section closes every struct in flexible versions.
         if self.flex is not None and intersect(self.flex, within) is not None:
-            tagged = sorted((f for f in sd.fields if f.tag is not None and intersect(f.versions, within)),
-                            key=lambda f: f.tag)
-            fc = self.cond(self.flex, within)
-            ind = 2
-            if fc is not None:
-                body.append(f"        if {fc}:")
-                ind = 3
+            tagged = self.tagged_fields(sd, within)
+            ind = self.open_guard(body, self.cond(self.flex, within))
             p = "    " * ind
             if not tagged:
                 body.append(p + "out.append(0)")
@@ -324,6 +316,20 @@ class Gen:
         if not body:
             body.append("        pass")
         lines += body
+
+    @staticmethod
+    def open_guard(body: list, condition) -> int:
+        """Open ``if condition:`` in a method body (when there is one); return the indent level inside."""
+        if condition is None:
+            return 2
+        body.append(f"        if {condition}:")
+        return 3
+
+    @staticmethod
+    def tagged_fields(sd, within) -> list:
+        """The struct's tagged fields that exist in ``within``, in tag order (the order they are written)."""
+        return sorted((f for f in sd.fields if f.tag is not None and intersect(f.versions, within)),
+                      key=lambda f: f.tag)
 
     # -- decode --------------------------------------------------------------------------------------
 
@@ -397,23 +403,15 @@ class Gen:
                 body.append(f"        self.{f.attr} = {self.default_expr(f)}")
                 continue
             c = self.cond(rng, within)
-            ind = 2
-            if c is not None:
-                body.append(f"        if {c}:")
-                ind = 3
+            ind = self.open_guard(body, c)
             self.dec_value(body, ind, f, False, "v", self.flex_mode(f, within), within)
             body.append("    " * ind + f"self.{f.attr} = v")
             if c is not None:
                 body.append("        else:")
                 body.append(f"            self.{f.attr} = {self.default_expr(f)}")
         if self.flex is not None and intersect(self.flex, within) is not None:
-            tagged = sorted((f for f in sd.fields if f.tag is not None and intersect(f.versions, within)),
-                            key=lambda f: f.tag)
-            fc = self.cond(self.flex, within)
-            ind = 2
-            if fc is not None:
-                body.append(f"        if {fc}:")
-                ind = 3
+            tagged = self.tagged_fields(sd, within)
+            ind = self.open_guard(body, self.cond(self.flex, within))
             p = "    " * ind
             body.append(p + "nt, pos = read_tag_count(buf, pos)")
             body.append(p + "for _ in range(nt):")
