@@ -16,7 +16,9 @@ The hierarchy::
     │   └── RequestTimedOutError        code 7: the *broker* timed out (e.g. acks=-1 replication)
     ├── KafkaConnectionError            the connection failed or closed (retriable)
     ├── KafkaTimeoutError               a client-side deadline passed (delivery, metadata wait, request);
-    │                                   retriable like Java's TimeoutException
+    │   │                               retriable like Java's TimeoutException
+    │   └── BufferExhaustedError        send() found no room in buffer_memory within max_block_ms
+    │                                   (back-pressure; Java's BufferExhaustedException)
     ├── RecordTooLargeError             client-side: a record is larger than max_request_size /
     │                                   buffer_memory (the broker's is MessageTooLargeError, code 10)
     ├── ProducerClosedError             send() after close(), or pending records failed by close
@@ -66,6 +68,15 @@ class KafkaTimeoutError(KafkaError):
     """
 
     retriable = True
+
+
+class BufferExhaustedError(KafkaTimeoutError):
+    """``send()`` waited ``max_block_ms`` for room in ``buffer_memory`` and found none: back-pressure.
+
+    A subclass of :class:`KafkaTimeoutError` (what it was before it had a name of its own), so code catching
+    that still catches it; a caller that wants to tell "slow down and retry" from "the broker is gone" (a web
+    handler answering 503 with Retry-After) catches this one first.
+    """
 
 
 class RecordTooLargeError(KafkaError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import uuid
 
@@ -58,3 +59,23 @@ def run(main, example_file: str, description: str, add_arguments=None) -> int:
         else:
             asyncio.run(coroutine)
     return 0
+
+
+@contextlib.asynccontextmanager
+async def kafka_bootstrap(bootstrap=None):
+    """For the web examples: ``bootstrap`` if given, else ``$KAFKA_BOOTSTRAP_SERVERS``, else an embedded broker
+    started (in a thread: it is a subprocess that takes a moment) for the duration and stopped after."""
+    bootstrap = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap:
+        yield bootstrap
+        return
+    from aiokprod.testing import EmbeddedBroker
+
+    broker = EmbeddedBroker()
+    await asyncio.to_thread(broker.start)
+    try:
+        logging.getLogger("examples").info("KAFKA_BOOTSTRAP_SERVERS is not set: started an embedded broker on %s",
+                                           broker.bootstrap)
+        yield broker.bootstrap
+    finally:
+        await asyncio.to_thread(broker.stop)
