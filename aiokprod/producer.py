@@ -331,8 +331,10 @@ class Producer:
     def connected(self) -> bool:
         """True while the producer is running and holds an open connection to at least one broker.
 
-        For health checks: False before ``start()``, after ``stop()``, after a fatal sender error, and while
-        every broker connection is down (the producer keeps retrying; it turns True when one reconnects).
+        For health checks: False before ``start()``, after ``stop()``, after a fatal sender error, and from the
+        moment the last broker connection closes. Connections are opened on demand, so it turns True again
+        when the producer next needs the cluster: a send, a retry, or the periodic metadata refresh (every
+        ``metadata_max_age_ms``; a service that wants its health to recover without traffic lowers it).
         """
         return self._state is State.RUNNING and self._cluster is not None and self._cluster.connected
 

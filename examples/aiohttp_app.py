@@ -27,7 +27,7 @@ from typing import Optional
 
 from aiohttp import web
 
-from _common import kafka_bootstrap
+from _common import WEB_PRODUCER_SETTINGS, kafka_bootstrap
 from envelope import BadBody, Envelope, from_body, new_id, serialize, serialize_key
 
 from aiokprod import Producer
@@ -35,9 +35,6 @@ from aiokprod.errors import KafkaError
 from aiokprod.web import DeliveryTracker, http_error, producer_lifespan
 
 SOURCE = "aiokprod-examples/aiohttp_app"
-
-# As in fastapi_app.py: a web request waits at most 2 s for buffer room or metadata, 30 s for delivery.
-PRODUCER_SETTINGS = dict(linger_ms=5, max_block_ms=2000, request_timeout_ms=10000, delivery_timeout_ms=30000)
 
 PRODUCER = web.AppKey("producer", Producer)
 DELIVERIES = web.AppKey("deliveries", DeliveryTracker)
@@ -47,7 +44,7 @@ def create_app(argv: Optional[list] = None, *, bootstrap: Optional[str] = None,
                **producer_settings) -> web.Application:
     """The app. ``python -m aiohttp.web`` passes its unparsed arguments as ``argv`` (unused); ``bootstrap``
     (else $KAFKA_BOOTSTRAP_SERVERS, else an embedded broker) and producer settings are for tests."""
-    settings = {**PRODUCER_SETTINGS, **producer_settings}
+    settings = {**WEB_PRODUCER_SETTINGS, **producer_settings}
     retry_after = settings["max_block_ms"] / 1000.0
 
     async def producer_context(app: web.Application):

@@ -33,7 +33,7 @@ from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from _common import kafka_bootstrap
+from _common import WEB_PRODUCER_SETTINGS, kafka_bootstrap
 from envelope import Envelope, new_id, serialize, serialize_key
 
 from aiokprod import Producer
@@ -41,10 +41,6 @@ from aiokprod.errors import KafkaError
 from aiokprod.web import DeliveryTracker, http_error, producer_lifespan
 
 SOURCE = "aiokprod-examples/fastapi_app"
-
-# A web request should not hang: wait at most 2 s for buffer room or a topic's metadata (then 503), and give a
-# record 30 s to be delivered (then 503), instead of the producer's defaults of 60 s and 120 s.
-PRODUCER_SETTINGS = dict(linger_ms=5, max_block_ms=2000, request_timeout_ms=10000, delivery_timeout_ms=30000)
 
 
 class EventIn(BaseModel):
@@ -85,8 +81,8 @@ CorrelationId = Annotated[Optional[str], Header(alias="X-Correlation-ID", max_le
 
 def create_app(bootstrap: Optional[str] = None, **producer_settings) -> FastAPI:
     """The app; ``bootstrap`` (else $KAFKA_BOOTSTRAP_SERVERS, else an embedded broker) and producer settings
-    over ``PRODUCER_SETTINGS`` are for tests and embedding."""
-    settings = {**PRODUCER_SETTINGS, **producer_settings}
+    over ``WEB_PRODUCER_SETTINGS`` are for tests and embedding."""
+    settings = {**WEB_PRODUCER_SETTINGS, **producer_settings}
     retry_after = settings["max_block_ms"] / 1000.0
 
     @contextlib.asynccontextmanager
