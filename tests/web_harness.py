@@ -200,13 +200,31 @@ class Server:
             time.sleep(0.05)
         pytest.fail(f"{self.command} did not answer /health within {timeout}s:\n{self.log_text()}")
 
-    def terminate(self, timeout: float = 60.0) -> int:
-        """SIGTERM to the server process (not its group: an embedded broker must outlive the flush), wait."""
+    def terminate(self, timeout: float = 60.0) -> None:
+        """SIGTERM to the server process (not its group: an embedded broker must outlive the flush); wait
+        for it to exit, and check it went through its graceful shutdown."""
         self.process.send_signal(signal.SIGTERM)
+        self.wait_stopped(timeout)
+
+    def wait_stopped(self, timeout: float = 60.0) -> None:
+        """Wait for the exit that a SIGTERM started, and check it was the graceful one.
+
+        uvicorn shuts down gracefully, then re-raises the signal it caught so that its exit status says it
+        was terminated (-SIGTERM, by design); aiohttp.web exits 0 after printing "Stopped". Both must have
+        run the app's shutdown, which logs the producer's summary line last.
+        """
         try:
-            return self.process.wait(timeout)
+            code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             pytest.fail(f"the server did not exit within {timeout}s of SIGTERM:\n{self.log_text()[-5000:]}")
+        log_text = self.log_text()
+        if self.framework == "fastapi":
+            assert code == -signal.SIGTERM, f"uvicorn exited {code}:\n{log_text[-5000:]}"
+            assert "Application shutdown complete." in log_text, log_text[-5000:]
+        else:
+            assert code == 0, f"aiohttp.web exited {code}:\n{log_text[-5000:]}"
+            assert log_text.rstrip().endswith("Stopped"), log_text[-5000:]
+        assert SUMMARY.search(log_text), f"no shutdown summary in the log:\n{log_text[-5000:]}"
 
     def log_text(self) -> str:
         self._log.seek(0)
