@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Mapping, Optional
 
 from . import errors
+from .handle import DeliveryHandle
 from .producer import Producer
 
 __all__ = ["DeliveryTracker", "HttpError", "http_error", "producer_lifespan"]
@@ -73,13 +74,14 @@ class DeliveryTracker:
     def pending(self) -> int:
         return self.accepted - self.delivered - self.failed
 
-    def track(self, handle):
+    def track(self, handle: DeliveryHandle) -> DeliveryHandle:
         """Count ``handle`` as accepted and watch its outcome; returns it."""
         self.accepted += 1
         handle.add_done_callback(self._done)
         return handle
 
-    def _done(self, handle) -> None:
+    def _done(self, handle: DeliveryHandle) -> None:
+        error: Optional[BaseException]
         if handle.cancelled():
             error = errors.KafkaError("delivery handle cancelled")
         else:
@@ -90,7 +92,7 @@ class DeliveryTracker:
         self.failed += 1
         self._log.warning("fire-and-forget record not delivered: %s: %s", type(error).__name__, error)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, int]:
         return {"accepted": self.accepted, "delivered": self.delivered, "failed": self.failed,
                 "pending": self.pending}
 
