@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import errors
 from .connection import BrokerConnection
+from .hooks import NO_HOOKS, Hooks
 
 if TYPE_CHECKING:
     from .config import ProducerConfig
@@ -36,8 +37,10 @@ class TopicInfo:
 
 
 class Cluster:
-    def __init__(self, config: ProducerConfig, *, on_change: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self, config: ProducerConfig, *, on_change: Optional[Callable[[], None]] = None,
+                 hooks: Hooks = NO_HOOKS) -> None:
         self.config = config
+        self.hooks = hooks  # told of every metadata refresh and every broker connection opened or lost
         self.brokers: dict[int, tuple[str, int]] = {}
         self.topics: dict[str, TopicInfo] = {}
         self.wanted_topics: set[str] = set()
@@ -141,6 +144,8 @@ class Cluster:
             connection.on_close = self._connection_closed
             connection.on_writable = self.on_change
             self._connections[node_id] = connection
+            for fn in self.hooks.on_connection_opened:
+                fn(node_id, connection.host, connection.port)
             self._backoff_until.pop(node_id, None)
             self._last_connect_error.pop(node_id, None)
         except (errors.KafkaError, OSError) as exc:
@@ -157,6 +162,8 @@ class Cluster:
                 self.on_change()
 
     def _connection_closed(self, connection: BrokerConnection, exc: BaseException) -> None:
+        for fn in self.hooks.on_connection_lost:
+            fn(connection.node_id, connection.host, connection.port, exc)
         if self._connections.get(connection.node_id) is connection:
             del self._connections[connection.node_id]
         if not self._closed:
@@ -244,6 +251,8 @@ class Cluster:
         if task.cancelled():
             return
         exc = task.exception()  # retrieved here, so a refresh nobody awaited is not "never retrieved"
+        for fn in self.hooks.on_metadata_refresh:
+            fn(exc)
         if exc is None:
             self._refresh_backoff_until = 0.0
         else:

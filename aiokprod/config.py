@@ -49,6 +49,9 @@ class ProducerConfig:
     key_serializer: Optional[Callable[[Any], bytes]] = None
     value_serializer: Optional[Callable[[Any], bytes]] = None
     interceptors: Sequence[Any] = ()
+    # Instrumentation (aiokprod/hooks.py) and the per-record failure callback fn(error, record).
+    hooks: Sequence[Any] = ()
+    on_delivery_error: Optional[Callable[[BaseException, Any], Any]] = None
     transactional_id: Optional[str] = None
     transaction_timeout_ms: int = 60000
     security_protocol: str = "PLAINTEXT"
@@ -119,6 +122,11 @@ class ProducerConfig:
             if value is not None and not callable(value):
                 raise ConfigError(f"{name} must be callable, got {value!r}")
         self.interceptors = tuple(self.interceptors or ())
+        if isinstance(self.hooks, (str, bytes)) or not hasattr(self.hooks, "__iter__"):
+            raise ConfigError(f"hooks must be a list of hook objects, got {self.hooks!r}")
+        self.hooks = tuple(self.hooks)
+        if self.on_delivery_error is not None and not callable(self.on_delivery_error):
+            raise ConfigError(f"on_delivery_error must be callable as fn(error, record), got {self.on_delivery_error!r}")
         self._validate_security()
         self._validate_idempotence()
 

@@ -23,9 +23,18 @@ The hierarchy::
     │                                   buffer_memory (the broker's is MessageTooLargeError, code 10)
     ├── ProducerClosedError             send() after close(), or pending records failed by close
     ├── IllegalStateError               an operation not allowed in the current state (transactions)
-    └── AuthenticationError             SASL/TLS authentication failed; the broker's SASL codes
-                                        (UnsupportedSaslMechanismError 33, IllegalSaslStateError 34,
-                                        SaslAuthenticationFailedError 58) are subclasses of it too
+    ├── SerializationError              a key or value serializer raised (.topic, .field "key"/"value";
+    │                                   the serializer's exception is the __cause__)
+    ├── RetriesExhaustedError           a record failed ``retries`` + 1 attempts (.attempts, .topic,
+    │                                   .partition, .last_error: the broker's last error, also __cause__)
+    ├── AuthenticationError             SASL/TLS authentication failed; the broker's SASL codes
+    │                                   (UnsupportedSaslMechanismError 33, IllegalSaslStateError 34,
+    │                                   SaslAuthenticationFailedError 58) are subclasses of it too
+    └── AuthorizationError              the broker refused an operation to an authenticated client; the
+                                        broker's *_AUTHORIZATION_FAILED codes (TopicAuthorizationFailedError
+                                        29, GroupAuthorizationFailedError 30, ClusterAuthorizationFailedError
+                                        31, TransactionalIdAuthorizationFailedError 53,
+                                        DelegationTokenAuthorizationFailedError 65) are subclasses of it too
 
 Broker codes come from the generated table ``aiokprod._error_codes.ERROR_CODES`` (code -> name,
 retriable, needs_metadata_refresh, message). :func:`for_code` turns a code into an instance; the classes
@@ -97,6 +106,40 @@ class AuthenticationError(KafkaError):
     """SASL (or TLS) authentication failed. The broker's SASL error codes are subclasses of this."""
 
 
+class AuthorizationError(KafkaError):
+    """The broker refused an operation to this (authenticated) client: an ACL denies it. Not retriable.
+    The broker's authorization codes (29, 30, 31, 53, 65) are subclasses of this."""
+
+
+class SerializationError(KafkaError):
+    """A key or value serializer raised. ``topic`` and ``field`` ("key" or "value") say where; the
+    serializer's own exception is the ``__cause__``. Nothing was appended."""
+
+    def __init__(self, topic: str, field: str, cause: BaseException) -> None:
+        self.topic = topic
+        self.field = field
+        super().__init__(f"the {field} serializer raised for a record to topic {topic!r}: "
+                         f"{type(cause).__name__}: {cause}")
+        self.__cause__ = cause
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        return (type(self), (self.topic, self.field, self.__cause__))
+
+
+class RetriesExhaustedError(KafkaError):
+    """A batch failed every attempt ``retries`` allows (``retries`` + 1 in all) before its delivery
+    timeout. ``last_error`` (also the ``__cause__``) is the broker's (or the connection's) last error."""
+
+    def __init__(self, message: str, *, topic: str, partition: int, attempts: int,
+                 last_error: BaseException | None) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.partition = partition
+        self.attempts = attempts
+        self.last_error = last_error
+        self.__cause__ = last_error
+
+
 class BrokerResponseError(KafkaError):
     """An error code returned by a broker, with the context it applies to.
 
@@ -152,6 +195,11 @@ _EXTRA_BASES = {
     33: (AuthenticationError,),  # UNSUPPORTED_SASL_MECHANISM
     34: (AuthenticationError,),  # ILLEGAL_SASL_STATE
     58: (AuthenticationError,),  # SASL_AUTHENTICATION_FAILED
+    29: (AuthorizationError,),  # TOPIC_AUTHORIZATION_FAILED
+    30: (AuthorizationError,),  # GROUP_AUTHORIZATION_FAILED
+    31: (AuthorizationError,),  # CLUSTER_AUTHORIZATION_FAILED
+    53: (AuthorizationError,),  # TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    65: (AuthorizationError,),  # DELEGATION_TOKEN_AUTHORIZATION_FAILED
 }
 
 #: code -> BrokerResponseError subclass, for every code of the table except 0 (NONE).
@@ -238,6 +286,7 @@ InvalidTransactionTimeoutError = ERROR_CLASSES[50]
 ConcurrentTransactionsError = ERROR_CLASSES[51]
 TransactionCoordinatorFencedError = ERROR_CLASSES[52]
 TransactionalIdAuthorizationFailedError = ERROR_CLASSES[53]
+DelegationTokenAuthorizationFailedError = ERROR_CLASSES[65]
 OperationNotAttemptedError = ERROR_CLASSES[55]
 KafkaStorageError = ERROR_CLASSES[56]
 SaslAuthenticationFailedError = ERROR_CLASSES[58]

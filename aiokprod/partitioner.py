@@ -7,10 +7,15 @@
 - ``RoundRobinPartitioner``: every record (keyed or not) to the next partition in turn.
 - Any callable ``(topic, key_bytes, partitions) -> int`` is a custom partitioner; ``partitions`` is the list of
   the topic's partition ids.
+- A callable with the Java client's signature ``(topic, key, key_bytes, value, value_bytes, cluster) -> int``
+  (six parameters; an object whose ``partition`` method takes them works too) sees the record before and
+  after serialization and a :class:`ClusterView` of the topic's partitions, the available ones (with a
+  leader) and their leaders: it may route on the value, or avoid partitions without a leader.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol
+import inspect
+from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 from .appender import RecordAppender
 from .codec import key_partition
@@ -87,6 +92,82 @@ class CallablePartitioner:
         pass
 
 
+class PartitionInfo(NamedTuple):
+    """One partition as a :class:`ClusterView` shows it; ``leader`` is -1 while it has none."""
+
+    topic: str
+    partition: int
+    leader: int
+
+
+class ClusterView:
+    """What a Java-signature partitioner sees of the cluster: a read-only view of the producer's metadata
+    cache (always current; nothing is copied until asked)."""
+
+    __slots__ = ("_topics",)
+
+    def __init__(self, topics: dict[str, Any]) -> None:
+        self._topics = topics
+
+    def partitions_for_topic(self, topic: str) -> list[PartitionInfo]:
+        """Every partition of ``topic`` (empty if its metadata is not known)."""
+        info = self._topics.get(topic)
+        if info is None:
+            return []
+        return [PartitionInfo(topic, p, info.leaders.get(p, -1)) for p in info.partitions]
+
+    def available_partitions_for_topic(self, topic: str) -> list[PartitionInfo]:
+        """The partitions of ``topic`` that have a leader right now."""
+        return [p for p in self.partitions_for_topic(topic) if p.leader >= 0]
+
+    def partition_count_for_topic(self, topic: str) -> int:
+        info = self._topics.get(topic)
+        return 0 if info is None else int(info.num_partitions)
+
+    def leader_for(self, topic: str, partition: int) -> int:
+        info = self._topics.get(topic)
+        return -1 if info is None else int(info.leaders.get(partition, -1))
+
+
+class RecordPartitioner:
+    """Adapts a Java-signature partitioner ``fn(topic, key, key_bytes, value, value_bytes, cluster)``.
+
+    The producer calls :meth:`partition_record` (not ``partition``) for it, with the record's key and value
+    as given and as serialized, and its :class:`ClusterView`.
+    """
+
+    name = "custom"
+
+    def __init__(self, fn: Callable[..., int]) -> None:
+        self._fn = fn
+
+    def partition_record(self, topic: str, key: Any, key_bytes: Optional[bytes], value: Any,
+                         value_bytes: Optional[bytes], cluster: ClusterView) -> int:
+        partition: int = self._fn(topic, key, key_bytes, value, value_bytes, cluster)
+        return partition
+
+    def partition(self, topic: str, key: bytes | None, num_partitions: int) -> int:
+        raise TypeError("a Java-signature partitioner is called with partition_record()")
+
+    def record_appended(self, topic: str, partition: int, num_bytes: int, num_partitions: int) -> None:
+        pass
+
+
+def _positional_arity(fn: Any) -> int:
+    """How many positional parameters ``fn`` takes (-1: unknown, or any number via *args)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return -1
+    count = 0
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            return -1
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count
+
+
 def make_partitioner(spec: Any, batch_size: int, sticky: RecordAppender | None = None) -> Partitioner:
     """``None``/"default"/"murmur2" -> default (keeping its sticky state in ``sticky`` if given);
     "round_robin"; an object with ``partition`` and ``record_appended``; or a callable."""
@@ -97,6 +178,12 @@ def make_partitioner(spec: Any, batch_size: int, sticky: RecordAppender | None =
     if hasattr(spec, "partition") and hasattr(spec, "record_appended"):
         partitioner: Partitioner = spec
         return partitioner
+    method = getattr(spec, "partition", None)
+    if callable(method) and not isinstance(spec, type) and _positional_arity(method) == 6:
+        return RecordPartitioner(method)  # a Java Partitioner-like object
     if callable(spec):
+        if _positional_arity(spec) == 6:
+            return RecordPartitioner(spec)
         return CallablePartitioner(spec)
-    raise ValueError(f"partitioner must be 'default', 'round_robin' or a callable, got {spec!r}")
+    raise ValueError(f"partitioner must be 'default', 'round_robin', fn(topic, key_bytes, partitions) or "
+                     f"fn(topic, key, key_bytes, value, value_bytes, cluster), got {spec!r}")

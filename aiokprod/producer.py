@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
-from time import time as _time
-from typing import Optional
+from collections.abc import Mapping
+from time import monotonic as _monotonic, time as _time
+from typing import Any, Callable, Optional
 
 from . import errors
 from .accumulator import RecordAccumulator
@@ -22,10 +24,13 @@ from .appender import RecordAppender
 from .cluster import Cluster
 from .codec import record_size_upper_bound
 from .config import ProducerConfig
+from .delivery import DeliveryErrorReporter
 from .handle import BatchCompletion
+from .hooks import Hooks
 from .interceptors import InterceptorChain, ProducerRecord
 from .metrics import ProducerMetrics
-from .partitioner import CallablePartitioner, DefaultPartitioner, RoundRobinPartitioner, make_partitioner
+from .partitioner import (CallablePartitioner, ClusterView, DefaultPartitioner, RecordPartitioner,
+                          RoundRobinPartitioner, make_partitioner)
 from .sender import Sender
 from .serializers import check_bytes
 
@@ -67,6 +72,18 @@ class Producer:
         self._partitioner = make_partitioner(config.partitioner, config.batch_size, self._appender)
         self._interceptors = InterceptorChain(config.interceptors)
         self._has_interceptors = bool(config.interceptors)
+        # The producer's own metrics are a hook like any other (per batch, per request); user hooks come after.
+        self._metrics = ProducerMetrics(
+            config.buffer_memory,
+            lambda: self._accumulator.used if self._accumulator else 0,
+            lambda: len(self._accumulator.waiters) if self._accumulator else 0)
+        self._hooks = Hooks(config.hooks, trusted=[self._metrics])
+        self._record_hooks = self._hooks.on_record_send
+        # Records that need per-record work in send() (interceptors, a hook's on_record_send): they all go
+        # through the general path below, as the compiled fast path would skip them.
+        self._observed = self._has_interceptors or bool(self._record_hooks)
+        self._delivery_errors = (DeliveryErrorReporter(config.on_delivery_error)
+                                 if config.on_delivery_error is not None else None)
         self._max_record_size = min(config.max_request_size, config.buffer_memory)
         self._topics: dict = {}
         self._key_serializer = config.key_serializer
@@ -78,7 +95,9 @@ class Producer:
         # anything) it takes none.
         partitioner = self._partitioner
         self._own_partitioner = type(partitioner) is DefaultPartitioner and partitioner.sticky is self._appender
-        self._fast_path = (not self._has_interceptors and self._key_serializer is None
+        self._record_partitioner = isinstance(partitioner, RecordPartitioner)
+        self._cluster_view: Optional[ClusterView] = None
+        self._fast_path = (not self._observed and self._key_serializer is None
                            and self._value_serializer is None
                            and (self._own_partitioner
                                 or type(partitioner) in (RoundRobinPartitioner, CallablePartitioner)))
@@ -86,7 +105,6 @@ class Producer:
         self._cluster: Optional[Cluster] = None
         self._accumulator: Optional[RecordAccumulator] = None
         self._sender: Optional[Sender] = None
-        self._metrics = ProducerMetrics(config.buffer_memory, lambda: self._accumulator.used if self._accumulator else 0)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -95,8 +113,9 @@ class Producer:
         self._set_state(State.STARTING)
         loop = self._loop = asyncio.get_running_loop()
         config = self.config
-        self._cluster = Cluster(config, on_change=self._wakeup_sender)
+        self._cluster = Cluster(config, on_change=self._wakeup_sender, hooks=self._hooks)
         self._topics = self._cluster.topics  # the live cache, read on the hot path
+        self._cluster_view = ClusterView(self._topics)
         self._accumulator = RecordAccumulator(
             batch_size=config.batch_size,
             compression=config.compression_type,
@@ -109,7 +128,8 @@ class Producer:
             appender=self._appender,
         )
         self._appender.bind(self._topics, self._accumulator.waiters, self._max_record_size, self._own_partitioner)
-        self._sender = Sender(config, self._cluster, self._accumulator, self._metrics, on_fatal=self._sender_failed)
+        self._sender = Sender(config, self._cluster, self._accumulator, self._hooks, on_fatal=self._sender_failed,
+                              on_batch_failed=self._delivery_errors.batch_failed if self._delivery_errors else None)
         try:
             await self._cluster.bootstrap()
         except BaseException:
@@ -118,6 +138,8 @@ class Producer:
             raise
         self._sender.start()
         self._set_state(State.RUNNING)
+        for fn in self._hooks.on_producer_start:
+            fn(self)
 
     def _set_state(self, state: State) -> None:
         """Every state change goes through here: the fast path runs only while the producer is RUNNING."""
@@ -187,15 +209,57 @@ class Producer:
             return handle
         if self._state is not State.RUNNING:
             self._raise_not_running(topic)
+        if headers is not None and type(headers) is not list and type(headers) is not tuple:
+            headers = _header_list(headers)
+        if self._observed:
+            return await self._send_observed(topic, value, key, partition, timestamp_ms, headers)
+        return await self._append_record(topic, value, key, partition, timestamp_ms, headers)
+
+    async def _send_observed(self, topic, value, key, partition, timestamp_ms, headers):
+        """send() for a record somebody watches: interceptors' on_send, hooks' on_record_send (which may add
+        headers), then the general path; whatever send() rejects from here on is acknowledged to them with
+        the error (as the Java client does), and what it appends, when its batch is done."""
         if self._has_interceptors:
             record = self._interceptors.on_send(ProducerRecord(topic, value, key, partition, timestamp_ms, headers))
             topic, value, key, partition, timestamp_ms, headers = record
+            if headers is not None and type(headers) is not list and type(headers) is not tuple:
+                headers = _header_list(headers)
+        acks: list = []
+        if self._record_hooks:
+            headers = [] if headers is None else list(headers)
+            for fn in self._record_hooks:
+                ack = fn(topic, key, headers)
+                if ack is not None:
+                    acks.append(ack)
+            if not headers:
+                headers = None
+        if self._has_interceptors:
+            acks.append(self._interceptors.on_acknowledgement)
+        try:
+            handle = await self._append_record(topic, value, key, partition, timestamp_ms, headers)
+        except Exception as exc:
+            for ack in acks:
+                _acknowledge_one(ack, None, exc)
+            raise
+        if acks:
+            handle.completion.add_batch_callback(functools.partial(_acknowledge, handle.index, acks))
+        return handle
+
+    async def _append_record(self, topic, value, key, partition, timestamp_ms, headers):
+        """The general path: serialize, find the topic's metadata, partition, append (maybe a new batch)."""
+        key_object, value_object = key, value
         if self._key_serializer is not None:
-            key = self._key_serializer(key)
+            try:
+                key = self._key_serializer(key)
+            except Exception as exc:
+                raise errors.SerializationError(topic, "key", exc) from exc
         elif key is not None and type(key) is not bytes:
             key = check_bytes("key", topic, key, "key_serializer")
         if self._value_serializer is not None:
-            value = self._value_serializer(value)
+            try:
+                value = self._value_serializer(value)
+            except Exception as exc:
+                raise errors.SerializationError(topic, "value", exc) from exc
         elif value is not None and type(value) is not bytes:
             value = check_bytes("value", topic, value, "value_serializer")
         info = self._topics.get(topic) if type(topic) is str else None
@@ -207,7 +271,11 @@ class Producer:
         # Only records the partitioner placed without a key count toward its sticky switch (KIP-794).
         sticky = partition is None and key is None
         if partition is None:
-            partition = self._partitioner.partition(topic, key, num_partitions)
+            if self._record_partitioner:
+                partition = self._partitioner.partition_record(topic, key_object, key, value_object, value,
+                                                               self._cluster_view)
+            else:
+                partition = self._partitioner.partition(topic, key, num_partitions)
             if type(partition) is not int or not 0 <= partition < num_partitions:
                 raise ValueError(f"partitioner returned partition {partition!r} for topic {topic!r}, "
                                  f"which has partitions 0..{num_partitions - 1}")
@@ -225,8 +293,6 @@ class Producer:
             handle = await self._append_new_batch(topic, partition, timestamp_ms, key, value, headers, size)
         if sticky:
             self._partitioner.record_appended(topic, partition, size, num_partitions)
-        if self._has_interceptors:
-            handle.add_done_callback(self._acknowledge)
         return handle
 
     def _raise_not_running(self, topic) -> None:
@@ -246,12 +312,6 @@ class Producer:
             f"{self._max_record_size} (max_request_size={self.config.max_request_size}, "
             f"buffer_memory={self.config.buffer_memory})")
 
-    def _acknowledge(self, handle) -> None:
-        if handle.cancelled():
-            return
-        error = handle.exception()
-        self._interceptors.on_acknowledgement(None if error else handle.result(), error)
-
     async def _append_new_batch(self, topic, partition, timestamp_ms, key, value, headers, size):
         """The record needs a new batch: reserve its buffer (waiting for room, FIFO), then append."""
         accumulator = self._accumulator
@@ -268,17 +328,28 @@ class Producer:
         accumulator = self._accumulator
         future = self._loop.create_future()
         waiter = accumulator.enqueue_waiter(size, future)
+        hooks = self._hooks
+        if hooks.on_buffer_wait:
+            for fn in hooks.on_buffer_wait:
+                fn(topic, partition, size)
+        started = _monotonic()
         try:
             await asyncio.wait_for(future, self._max_block)
         except asyncio.TimeoutError:
             accumulator.abandon_waiter(waiter)
+            for fn in hooks.on_buffer_wait_done:
+                fn((_monotonic() - started) * 1000.0, True)
             raise errors.BufferExhaustedError(
                 f"no room for a {record_size}-byte record for {topic}-{partition}: its new batch needs {size} "
                 f"bytes of buffer_memory ({self.config.buffer_memory} bytes), and none freed within "
                 f"max_block_ms ({self.config.max_block_ms} ms)") from None
         except BaseException:
             accumulator.abandon_waiter(waiter)
+            for fn in hooks.on_buffer_wait_done:
+                fn((_monotonic() - started) * 1000.0, False)
             raise
+        for fn in hooks.on_buffer_wait_done:
+            fn((_monotonic() - started) * 1000.0, False)
         if self._state is not State.RUNNING:
             accumulator.release(size)
             raise errors.ProducerClosedError(f"producer closed while send() to {topic!r} waited for memory")
@@ -343,4 +414,39 @@ class Producer:
         return self._state is State.RUNNING and self._cluster is not None and self._cluster.connected
 
     def metrics(self) -> dict:
+        """A snapshot of the producer's metrics (the Java producer's core set in snake_case; see
+        ``aiokprod/metrics.py``): rates, averages and maxima over the last 30 s, totals since start,
+        ``errors_by_code`` (error name -> count)."""
         return self._metrics.as_dict()
+
+
+def _header_list(headers: Any) -> list:
+    """Headers given as a mapping of str to bytes, as the list of (str, bytes | None) pairs the codec takes
+    (lists and tuples of pairs go to the codec as they are); a TypeError naming what is wrong otherwise."""
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a list of (str, bytes) pairs or a mapping of str to bytes, "
+                        f"not {type(headers).__name__}")
+    pairs = list(headers.items())
+    for name, value in pairs:
+        if not isinstance(name, str):
+            raise TypeError(f"header name must be a str, not {type(name).__name__} ({name!r})")
+        if value is not None and not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"header {name!r}: value must be bytes or None, not {type(value).__name__}")
+    return pairs
+
+
+def _acknowledge_one(ack: Callable[[Any, Optional[BaseException]], Any], metadata: Any,
+                     error: Optional[BaseException]) -> None:
+    try:
+        ack(metadata, error)
+    except Exception:
+        log.exception("acknowledgement callback %r raised; skipped", ack)
+
+
+def _acknowledge(index: int, acks: list, completion: Any) -> None:
+    """A watched record's batch is done: tell each watcher its outcome. Reads the batch's outcome, not the
+    handle's (the handle may be cancelled; reading its exception() would count the error as retrieved)."""
+    error = completion.exception
+    metadata = None if error is not None else completion.metadata(index)
+    for ack in acks:
+        _acknowledge_one(ack, metadata, error)

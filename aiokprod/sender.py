@@ -54,13 +54,14 @@ class ProducerIdentity:
 
 
 class Sender:
-    def __init__(self, config, cluster, accumulator, metrics, on_fatal=lambda: None) -> None:
+    def __init__(self, config, cluster, accumulator, hooks, on_fatal=lambda: None, on_batch_failed=None) -> None:
         from .connection import RESPONSE_CLASSES
 
         self.config = config
         self.cluster = cluster
         self.accumulator = accumulator
-        self.metrics = metrics
+        self.hooks = hooks  # aiokprod/hooks.py: told per batch and per request (the metrics are one)
+        self.on_batch_failed = on_batch_failed  # the producer's on_delivery_error reporter, if any
         self.acks = config.acks_value
         self.idempotent = config.idempotent
         self.identity = ProducerIdentity()
@@ -247,6 +248,9 @@ class Sender:
             batch.attempts += 1
             batches.append(batch)
             self.in_flight_batches.add(batch)
+            for fn in self.hooks.on_batch_drained:
+                fn(batch.topic, batch.partition, batch.record_count, batch.builder.size_in_bytes,
+                   len(batch.payload), batch.attempts)
         if not batches:
             return
         correlation_id = connection.next_correlation_id()
@@ -257,12 +261,14 @@ class Sender:
                                          self.config.request_timeout_ms, list(topics.items()))
         future = connection.send_frame(buffers, correlation_id, ProduceRequest.API_KEY, version,
                                        response_class=self._produce_response)
-        self.metrics.requests_sent += 1
+        if self.hooks.on_request_sent:
+            for fn in self.hooks.on_request_sent:
+                fn(node, len(batches), sum(b.record_count for b in batches), sum(len(b.payload) for b in batches))
         sent_at = time.monotonic()
-        future.add_done_callback(lambda f: self._on_response(f, batches, sent_at))
+        future.add_done_callback(lambda f: self._on_response(f, batches, sent_at, node))
 
     # -- settling -----------------------------------------------------------------------------------------
-    def _on_response(self, future: asyncio.Future, batches: list, sent_at: float) -> None:
+    def _on_response(self, future: asyncio.Future, batches: list, sent_at: float, node: int = -1) -> None:
         try:
             response = future.result()
         except asyncio.CancelledError:
@@ -274,8 +280,9 @@ class Sender:
         else:
             error = None
         by_partition = {}
+        for fn in self.hooks.on_request_answered:
+            fn(node, (time.monotonic() - sent_at) * 1000.0, getattr(response, "throttle_time_ms", 0) or 0, error)
         if response is not None:
-            self.metrics.request_latency((time.monotonic() - sent_at) * 1000.0)
             for topic in response.responses:
                 for part in topic.partition_responses:
                     by_partition[(topic.name, part.index)] = part
@@ -338,19 +345,21 @@ class Sender:
 
     def _succeed(self, batch, base_offset: int, log_append_time: int) -> None:
         self.accumulator.batch_done(batch)
-        metrics = self.metrics
-        metrics.records_sent += batch.record_count
-        metrics.batches_sent += 1
-        metrics.bytes_sent += len(batch.payload)
+        for fn in self.hooks.on_batch_acknowledged:
+            fn(batch.topic, batch.partition, batch.record_count, base_offset, len(batch.payload))
         batch.completion.resolve(base_offset, log_append_time if log_append_time is not None else -1)
 
     def _retry(self, batch, error: BaseException, refresh: bool) -> None:
         now = time.monotonic()
         retries = self.config.retries
-        if self._closing or now >= batch.deadline or (retries is not None and batch.attempts > retries):
+        if self._closing or now >= batch.deadline:
             self._settle_error(batch, _delivery_failed(batch, error, now))
             return
-        self.metrics.retries += 1
+        if retries is not None and batch.attempts > retries:
+            self._settle_error(batch, _retries_exhausted(batch, error, retries))
+            return
+        for fn in self.hooks.on_batch_retry:
+            fn(batch.topic, batch.partition, batch.record_count, error, batch.attempts)
         queue = self.accumulator.queues[(batch.topic, batch.partition)]
         if self.idempotent:
             queue.blocked = True
@@ -364,12 +373,16 @@ class Sender:
         if self.idempotent and batch.base_sequence >= 0:
             # A sequence was used and will never be acknowledged: later batches would leave a gap.
             self.identity.needs_reset = True
-        self.metrics.batch_errors += 1
-        self.metrics.record_errors += len(batch.builder)
         self._fail(batch, error)
 
     def _fail(self, batch, error: BaseException) -> None:
         self.accumulator.batch_done(batch)
+        if batch.completion.settled:
+            return
+        for fn in self.hooks.on_batch_failed:
+            fn(batch.topic, batch.partition, len(batch.builder), error)
+        if self.on_batch_failed is not None:
+            self.on_batch_failed(batch, error)
         batch.completion.fail(error)
 
     def _expire(self, now: float) -> None:
@@ -389,6 +402,15 @@ def _delivery_failed(batch, cause, now: float) -> errors.KafkaTimeoutError:
     exc.partition = batch.partition
     exc.__cause__ = cause
     return exc
+
+
+def _retries_exhausted(batch, cause, retries: int) -> errors.RetriesExhaustedError:
+    doubt = (" The last attempt got no answer, so the broker may have written it."
+             if batch.outcome_unknown else "")
+    return errors.RetriesExhaustedError(
+        f"{len(batch.builder)} record(s) for {batch.topic}-{batch.partition} not delivered: retries={retries} "
+        f"reached after {batch.attempts} attempt(s); last error: {cause}.{doubt}",
+        topic=batch.topic, partition=batch.partition, attempts=batch.attempts, last_error=cause)
 
 
 def _always(queue) -> bool:

@@ -12,6 +12,7 @@ class BatchCompletion:
     loop: AbstractEventLoop  # read-only
     topic: str  # read-only
     partition: int  # read-only
+    log_unretrieved: bool  # True from fail() until the error is seen; logged at finalization
     # Built by __cinit__ in the compiled twin, hence __new__ here.
     def __new__(cls, loop: AbstractEventLoop, topic: str, partition: int) -> BatchCompletion: ...
     def __len__(self) -> int: ...

@@ -22,9 +22,13 @@ Running user callbacks there would re-enter the sender, and an awaiting Task's w
 another running Task (asyncio raises "Cannot enter into task ... while another task ... is being
 executed"). Why one callback per batch and not one per record: the call_soon is most of a Future's cost.
 
-A handle whose batch failed and whose exception nobody retrieved is NOT logged ("exception was never
-retrieved"): the producer hands out handles that callers may drop on purpose (fire and forget); errors
-reach them through flush()/metrics/interceptors via the batch callbacks instead.
+A failed batch whose error nobody retrieved is logged ONCE, as asyncio logs a task exception that was
+never retrieved: when the completion is finalized (its last handle gone), if ``log_unretrieved`` is still
+True, one message naming topic, partition, the number of records and the error goes to the loop's
+exception handler. ``fail()`` sets the flag; ``result()`` or ``exception()`` of ANY handle of the batch
+returning or raising its error clears it (the records of a batch share one error: seeing it once is
+seeing it), and so may its owner (the producer clears it when ``on_delivery_error`` took the failure).
+Per batch, not per handle: a successful batch pays nothing; the hot path pays nothing.
 """
 cimport cython
 from cpython.contextvars cimport PyContext_CopyCurrent
@@ -72,6 +76,18 @@ cdef int _run_callback(object loop, object fn, object context, object arg) excep
     return 0
 
 
+cdef _report_unretrieved(object loop, str topic, object partition, Py_ssize_t count, object exc):
+    """Say once that a failed batch's error was never retrieved (from the completion's finalizer, so it
+    must not raise: a closed or half-torn-down loop falls back to the module's logger)."""
+    message = ("%d record(s) for %s-%s failed and the error was never retrieved (await a handle, call its "
+               "exception(), or pass on_delivery_error to the Producer)" % (count, topic, partition))
+    try:
+        loop.call_exception_handler({"message": message, "exception": exc})
+    except Exception:
+        import logging
+        logging.getLogger("aiokprod.handle").error("%s: %r", message, exc)
+
+
 @cython.final
 cdef class BatchCompletion:
     """The outcome of one partition batch, shared by the handles of its records."""
@@ -97,6 +113,8 @@ cdef class BatchCompletion:
     # Where _run() resumes if a callback raised SystemExit/KeyboardInterrupt out of it.
     cdef Py_ssize_t _batch_cursor
     cdef Py_ssize_t _waiter_cursor
+    # True from fail() until someone sees the error (see the module docstring): logged at finalization.
+    cdef public bint log_unretrieved
 
     def __cinit__(self, loop, str topic, partition):
         self.loop = loop
@@ -109,6 +127,10 @@ cdef class BatchCompletion:
         self._base_offset = -1
         self._log_append_time = -1
         self._last_waiter_index = -1
+
+    def __del__(self):
+        if self.log_unretrieved and self._exc is not None:
+            _report_unretrieved(self.loop, self.topic, self.partition, self._count, self._exc)
 
     def __dealloc__(self):
         PyMem_Free(self._timestamps)
@@ -234,6 +256,7 @@ cdef class BatchCompletion:
         self._exc = exc
         # Re-raised with this traceback by every handle, so N awaiters do not grow one traceback N times.
         self._exc_tb = exc.__traceback__
+        self.log_unretrieved = True
         self._settle()
         return True
 
@@ -446,6 +469,7 @@ cdef class DeliveryHandle:
         if c._state != _DONE:
             raise InvalidStateError("Result is not ready.")
         if c._exc is not None:
+            c.log_unretrieved = False
             raise c._exc.with_traceback(c._exc_tb)
         return c._metadata(self._index)
 
@@ -456,6 +480,8 @@ cdef class DeliveryHandle:
             raise self._make_cancelled_error()
         if c._state != _DONE:
             raise InvalidStateError("Exception is not set.")
+        if c._exc is not None:
+            c.log_unretrieved = False
         return c._exc
 
     def __await__(self):

@@ -5,12 +5,13 @@ outcome per batch, a cheap ``(completion, index)`` handle per record, ONE ``loop
 marks the batch done and runs every callback). ``tests/test_handle.py`` runs both twins through the same
 tests.
 
-Handles of a failed batch whose exception nobody retrieved are not logged ("exception was never
-retrieved"): callers may drop handles on purpose.
+A failed batch whose error nobody retrieved is logged once, when the completion is finalized (see the
+compiled twin's docstring: ``log_unretrieved``, cleared by any handle's ``result()``/``exception()``).
 """
 from __future__ import annotations
 
 import contextvars
+import logging
 from asyncio import CancelledError, InvalidStateError
 from types import TracebackType
 from typing import Any, Callable, Generator, Optional
@@ -48,6 +49,16 @@ def _run_callback(loop: Any, fn: Callable[[Any], Any], context: Any, arg: Any) -
         )
 
 
+def _report_unretrieved(loop: Any, topic: str, partition: int, count: int, exc: BaseException) -> None:
+    """Say once that a failed batch's error was never retrieved (from a finalizer: must not raise)."""
+    message = ("%d record(s) for %s-%s failed and the error was never retrieved (await a handle, call its "
+               "exception(), or pass on_delivery_error to the Producer)" % (count, topic, partition))
+    try:
+        loop.call_exception_handler({"message": message, "exception": exc})
+    except Exception:
+        logging.getLogger("aiokprod.handle").error("%s: %r", message, exc)
+
+
 class BatchCompletion:
     """The outcome of one partition batch, shared by the handles of its records."""
 
@@ -67,6 +78,7 @@ class BatchCompletion:
         "_batch_callbacks",
         "_batch_cursor",
         "_waiter_cursor",
+        "log_unretrieved",
     )
 
     def __init__(self, loop: Any, topic: str, partition: int) -> None:
@@ -87,6 +99,12 @@ class BatchCompletion:
         # Where _run() resumes if a callback raised SystemExit/KeyboardInterrupt out of it.
         self._batch_cursor = 0
         self._waiter_cursor = 0
+        # True from fail() until someone sees the error: logged when the completion is finalized.
+        self.log_unretrieved = False
+
+    def __del__(self) -> None:
+        if self.log_unretrieved and self._exc is not None:
+            _report_unretrieved(self.loop, self.topic, self.partition, len(self._timestamps), self._exc)
 
     def __len__(self) -> int:
         return len(self._timestamps)
@@ -190,6 +208,7 @@ class BatchCompletion:
         self._exc = exc
         # Re-raised with this traceback by every handle, so N awaiters do not grow one traceback N times.
         self._exc_tb = exc.__traceback__
+        self.log_unretrieved = True
         self._settle()
         return True
 
@@ -366,6 +385,7 @@ class DeliveryHandle:
         if c._state != _DONE:
             raise InvalidStateError("Result is not ready.")
         if c._exc is not None:
+            c.log_unretrieved = False
             raise c._exc.with_traceback(c._exc_tb)
         return c._metadata(self._index)
 
@@ -376,6 +396,8 @@ class DeliveryHandle:
         c = self._completion
         if c._state != _DONE:
             raise InvalidStateError("Exception is not set.")
+        if c._exc is not None:
+            c.log_unretrieved = False
         return c._exc
 
     def __await__(self) -> Generator[Any, None, RecordMetadata]:
