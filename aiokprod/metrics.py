@@ -105,7 +105,10 @@ class ProducerMetrics:
         self.buffer_used_fn = buffer_used_fn
         self.waiting_fn = waiting_fn
         self.clock = clock
-        stat = lambda: WindowedStat(WINDOW_SECONDS, clock)  # noqa: E731
+
+        def stat() -> WindowedStat:
+            return WindowedStat(WINDOW_SECONDS, clock)
+
         self.records_sent = stat()         # records acknowledged, per batch
         self.record_errors = stat()        # records failed, per batch
         self.record_retries = stat()       # records sent again, per batch

@@ -381,9 +381,9 @@ class Sender:
             return
         for fn in self.hooks.on_batch_failed:
             fn(batch.topic, batch.partition, len(batch.builder), error)
-        if self.on_batch_failed is not None:
-            self.on_batch_failed(batch, error)
         batch.completion.fail(error)
+        if self.on_batch_failed is not None:
+            self.on_batch_failed(batch, error)  # after fail(): it may mark the error as taken care of
 
     def _expire(self, now: float) -> None:
         for batch in self.accumulator.expired(now):
