@@ -67,7 +67,8 @@ class ProducerIdentity:
 
 
 class Sender:
-    def __init__(self, config, cluster, accumulator, metrics, on_fatal=lambda: None) -> None:
+    def __init__(self, config, cluster, accumulator, metrics, on_fatal=lambda: None,
+                 on_abandoned=lambda count: None) -> None:
         from .connection import RESPONSE_CLASSES
 
         self.config = config
@@ -81,6 +82,9 @@ class Sender:
         self.in_flight_batches: set = set()
         self.fatal_error: Optional[BaseException] = None
         self.on_fatal = on_fatal  # the producer stops taking records
+        # Called with the number of records never delivered when our task is cancelled by someone other
+        # than close(): the event loop is ending (asyncio.run cancels every task) without stop().
+        self.on_abandoned = on_abandoned
         self._produce_response = None if self.acks == 0 else RESPONSE_CLASSES[ProduceRequest.API_KEY]
         self._wakeup: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
@@ -134,12 +138,31 @@ class Sender:
         self.in_flight_batches.clear()
         self._expired_in_flight.clear()
 
+    def undelivered_records(self) -> int:
+        """Records buffered or in flight whose handles are not settled yet."""
+        count = sum(len(batch.builder) for batch in self.accumulator.all_batches())
+        expired = self._expired_in_flight
+        return count + sum(len(batch.builder) for batch in self.in_flight_batches if batch not in expired)
+
+    def _abandon(self) -> None:
+        """Our task was cancelled, not by close(): nobody will deliver what is buffered. Fail it (whoever still
+        awaits a handle learns why) and tell the producer how much was lost, so that it can say so."""
+        count = self.undelivered_records()
+        self._closing = True
+        self.fatal_error = errors.ProducerClosedError(
+            "the producer's sender task was cancelled (its event loop ended?) before stop(); "
+            f"{count} record(s) never delivered")
+        self._fail_everything(self.fatal_error)
+        self.on_abandoned(count)
+
     # -- the loop -----------------------------------------------------------------------------------------
     async def _run(self) -> None:
         while not self._closing:
             try:
                 await self._turn()
             except asyncio.CancelledError:
+                if not self._closing:
+                    self._abandon()
                 raise
             except Exception as exc:  # a bug must not leave every handle pending: fail loudly instead
                 log.exception("aiokprod sender failed; the producer cannot send any more")
