@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import pytest
 
@@ -28,10 +29,25 @@ class Frozen:
 
     def __enter__(self) -> "Frozen":
         os.kill(self.pid, signal.SIGSTOP)
-        return self
+        # The signal is delivered asynchronously: until every thread is stopped the broker may still answer
+        # a request or two. Wait until the kernel reports each of its threads stopped ("T").
+        for _ in range(1000):
+            if all(_thread_state(self.pid, tid) == "T" for tid in os.listdir(f"/proc/{self.pid}/task")):
+                return self
+            time.sleep(0.005)
+        os.kill(self.pid, signal.SIGCONT)
+        raise AssertionError(f"broker process {self.pid} did not stop")
 
     def __exit__(self, *exc_info) -> None:
         os.kill(self.pid, signal.SIGCONT)
+
+
+def _thread_state(pid: int, tid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:  # the thread ended meanwhile
+        return "T"
 
 
 def _assert_expired(exc: BaseException, topic: str) -> None:
