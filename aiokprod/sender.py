@@ -1,7 +1,7 @@
 """The sender: the one task that moves batches from the accumulator to the brokers and settles them.
 
-Each turn it: fails batches past ``delivery_timeout_ms`` that are still queued; makes sure an idempotent
-producer has its producer id; asks the accumulator which partitions are ready; groups them by leader; and for
+Each turn it: fails batches past ``delivery_timeout_ms``, queued or in flight; starts InitProducerId (in a task
+of its own) when an idempotent producer needs a producer id; asks the accumulator which partitions are ready; groups them by leader; and for
 each leader with a free in-flight slot (and a transport not pushing back) drains one batch per partition (up
 to ``max_request_size``) into one Produce request. Draining is where a batch gets its sequence and its bytes.
 Responses come back through a done-callback on the connection's future (no task per request) and are settled
@@ -493,7 +493,7 @@ def _delivery_failed(batch, cause, now: float, in_flight: bool = False) -> error
     elif batch.attempts == 0:
         state = "expired before it could be sent"
     else:
-        state = f"expired waiting to be retried after {batch.attempts} attempt(s)"
+        state = f"expired after {batch.attempts} attempt(s)"
     detail = f"; last error: {cause}" if cause is not None else ""
     doubt = in_flight or batch.outcome_unknown
     exc = errors.DeliveryTimeoutError(

@@ -170,7 +170,7 @@ async def test_records_expire_while_init_producer_id_is_pending(broker, topic_na
             exc = caught.value
             _assert_expired(exc, topic_name)
             assert exc.attempts == 1 and not exc.may_have_been_written  # a definite "not written"
-            assert "expired waiting to be retried after 1 attempt(s)" in str(exc)
+            assert "expired after 1 attempt(s)" in str(exc)
             assert isinstance(exc.__cause__, errors.UnknownProducerIdError)
             # Both expired while the one InitProducerId asked for was unanswered (it is answered, at ~6 s).
             assert proxy.count("InitProducerId") == inits + 1
