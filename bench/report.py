@@ -185,9 +185,13 @@ def plot(path: str, ratio_rows: list, workloads: list, title: str) -> None:
                 if value:
                     xs.append(i - 0.4 + width * (j + 0.5))
                     ys.append(value)
-            bars = axis.bar(xs, ys, width, label=f"vs {peer}")
+            # Bars grow from the line at 1, up where aiokprod is ahead and down where the peer is.
+            bars = axis.bar(xs, [y - 1.0 for y in ys], width, bottom=1.0, label=f"vs {peer}")
             axis.bar_label(bars, labels=[f"{y:.1f}" for y in ys], fontsize=7, padding=1)
         axis.axhline(1.0, color="black", linewidth=0.8)
+        values = [r[key] for r in rows if r.get(key)]
+        if values:  # the line at 1 always in view, with room for the labels
+            axis.set_ylim(min(min(values), 1.0) / 1.4, max(max(values), 1.0) * 1.4)
         axis.set_yscale("log")
         axis.set_ylabel(label)
         axis.grid(axis="y", which="both", alpha=0.3)

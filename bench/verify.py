@@ -27,11 +27,11 @@ def stored_counts(bootstrap: str, topics: list) -> tuple:
     try:
         import confluent_kafka  # noqa: F401
     except ImportError:
-        return asyncio.run(_count_with_aiokprod(bootstrap, topics)), "aiokprod Fetch"
-    return _count_with_librdkafka(bootstrap, topics), "librdkafka consumer"
+        return asyncio.run(count_with_aiokprod(bootstrap, topics)), "aiokprod Fetch"
+    return count_with_librdkafka(bootstrap, topics), "librdkafka consumer"
 
 
-def _count_with_librdkafka(bootstrap: str, topics: list) -> dict:
+def count_with_librdkafka(bootstrap: str, topics: list) -> dict:
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-verify-" + uuid.uuid4().hex[:8],
@@ -71,7 +71,7 @@ def _count_with_librdkafka(bootstrap: str, topics: list) -> dict:
         consumer.close()
 
 
-async def _count_with_aiokprod(bootstrap: str, topics: list) -> dict:
+async def count_with_aiokprod(bootstrap: str, topics: list) -> dict:
     from aiokprod.admin import EARLIEST, list_offsets
 
     counts: dict = {}
