@@ -135,7 +135,7 @@ def print_table(console, rows: list, ratio_rows: list, env: dict, settings: dict
             continue
         ratio = same_loop.get((row["workload"], row["client"]), {})
         latency = row.get("latency") or {}
-        status = (f"[green]ok[/] ({row['stored']:,} in log)" if row["ok"]
+        status = (f"[green]ok[/] (log {row['records']:,}+{row['warm_up_records']} warm-up)" if row["ok"]
                   else f"[bold red]FAILED[/]: {row['reason']}")
         table.add_row(row["workload"], row["client"], _fmt(row.get("records_per_s"), ",.0f"),
                       _fmt(row.get("mb_per_s"), ".1f"), _fmt(row.get("cpu_us_per_record"), ".2f"),

@@ -8,8 +8,9 @@ work that the asyncio clients do on the loop's thread) and nothing of the broker
 workload's figures are printed as one line ``@@bench {json}`` as soon as it is done, so the parent can show
 progress and, if this process hangs, knows which workloads finished.
 
-The timed section starts once the client is connected and knows the topic's partitions, and ends when the
-application knows the outcome of every record:
+The timed section starts once the client is connected, knows the topic's partitions and has delivered one
+warm-up record to each partition (so connections and the producer id are in place for every client alike),
+and ends when the application knows the outcome of every record:
 - fire-and-forget: ``await send()`` per record, the handle dropped, then one ``flush()``;
 - await-each: ``await send()`` per record, every handle kept, then ``gather`` of them all (for clients
   whose futures resolve only when flushed, ``flush()`` first); every SAMPLE_EVERY-th handle gets a done
@@ -131,6 +132,8 @@ async def _run_async(adapter, plan: dict, run: dict, keys, values) -> dict:
     topic = run["topic"]
     config = await adapter.open(plan["bootstrap"], topic, workload, plan["overrides"])
     try:
+        await asyncio.wait_for(adapter.warm_up(topic, plan["partitions"]), plan["timeout"])
+        acknowledged_before = adapter.acknowledged()
         outcome = Outcome()
         gc.collect()
         u0, s0 = _cpu()
@@ -142,7 +145,7 @@ async def _run_async(adapter, plan: dict, run: dict, keys, values) -> dict:
         await asyncio.wait_for(timed, plan["timeout"])
         t1 = time.perf_counter()
         u1, s1 = _cpu()
-        acknowledged = adapter.acknowledged()
+        acknowledged = _since(adapter.acknowledged(), acknowledged_before)
         extra = adapter.extra()
     finally:
         await adapter.close()
@@ -153,6 +156,7 @@ def _run_sync(adapter, plan: dict, run: dict, keys, values) -> dict:
     workload = BY_NAME[run["workload"]]
     config = adapter.open_sync(plan["bootstrap"], run["topic"], workload, plan["overrides"])
     try:
+        adapter.warm_up_sync(run["topic"], plan["partitions"])
         outcome = Outcome()
         gc.collect()
         u0, s0 = _cpu()
@@ -166,6 +170,10 @@ def _run_sync(adapter, plan: dict, run: dict, keys, values) -> dict:
     finally:
         adapter.close_sync()
     return _figures(outcome, config, t1 - t0, u1 - u0, s1 - s0, acknowledged, extra)
+
+
+def _since(now, before):
+    return None if now is None or before is None else now - before
 
 
 def _figures(outcome: Outcome, config: dict, wall: float, user: float, system: float, acknowledged, extra) -> dict:
@@ -189,6 +197,7 @@ def run_plan(plan: dict) -> None:
         workload = BY_NAME[run["workload"]]
         keys, values = make_records(workload, run["records"])
         result = {"workload": run["workload"], "topic": run["topic"], "records": run["records"],
+                  "warm_up_records": plan["partitions"],
                   "payload_bytes": payload_bytes(keys, values), "aiokprod_codec": codec.IMPLEMENTATION}
         adapter = clients.adapter(client)
         try:

@@ -65,7 +65,7 @@ def run_client(client: str, runs: list, bootstrap: str, timeout: float, override
     pending = list(runs)
     while pending:
         plan = {"client": client, "bootstrap": bootstrap, "timeout": timeout, "overrides": overrides,
-                "runs": pending}
+                "partitions": PARTITIONS, "runs": pending}
         with tempfile.TemporaryFile(mode="w+") as stderr:
             child = subprocess.Popen([sys.executable, "-m", "bench.runner"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT,
@@ -127,8 +127,10 @@ def finish_row(client: str, result: dict, stored: Optional[int], verified_by: st
     if "crash" in result:
         row.update(ok=False, status="FAILED", reason=result["crash"], stored=stored)
         return row
+    # The log also holds the warm-up records (one per partition, sent before the timed section).
+    in_log = None if stored is None else stored - result["warm_up_records"]
     problems = verify.check(records, result["acknowledged"], result["delivered"], result["errors"],
-                            result["first_error"], stored)
+                            result["first_error"], in_log)
     wall = result["wall_s"]
     cpu = result["cpu_user_s"] + result["cpu_system_s"]
     row.update(stored=stored, verified_by=verified_by, verified=not problems, ok=not problems,

@@ -131,5 +131,5 @@ def check(expected: int, acknowledged: Optional[int], delivered: Optional[int], 
     if stored is None:
         problems.append("the broker's log could not be read")
     elif stored != expected:
-        problems.append(f"the broker holds {stored} records, expected {expected}")
+        problems.append(f"the broker's log holds {stored} of the run's records, expected {expected}")
     return problems

@@ -35,6 +35,13 @@ class ConfluentAdapter(Adapter):
         self.first_error = None
         return {k: v for k, v in config.items() if k != "bootstrap.servers"}
 
+    def warm_up_sync(self, topic, partitions: int) -> None:
+        """As Adapter.warm_up: one record to each partition, delivered, then the counts start from zero."""
+        for partition in range(partitions):
+            self.producer.produce(topic, b"warm-up", None, partition=partition)
+        if self.producer.flush(START_TIMEOUT):
+            raise RuntimeError(f"warm-up records not delivered within {START_TIMEOUT}s")
+
     def produce_all(self, topic, keys, values, timeout: float) -> None:
         """The timed loop: produce every record, serving callbacks; wait until all are delivered or failed."""
         def on_delivery(err, _msg):
