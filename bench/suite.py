@@ -127,10 +127,8 @@ def finish_row(client: str, result: dict, stored: Optional[int], verified_by: st
     if "crash" in result:
         row.update(ok=False, status="FAILED", reason=result["crash"], stored=stored)
         return row
-    # The log also holds the warm-up records (one per partition, sent before the timed section).
-    in_log = None if stored is None else stored - result["warm_up_records"]
     problems = verify.check(records, result["acknowledged"], result["delivered"], result["errors"],
-                            result["first_error"], in_log)
+                            result["first_error"], stored, result["warm_up_records"])
     wall = result["wall_s"]
     cpu = result["cpu_user_s"] + result["cpu_system_s"]
     row.update(stored=stored, verified_by=verified_by, verified=not problems, ok=not problems,

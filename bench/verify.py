@@ -119,8 +119,9 @@ async def _log_end(bootstrap: str, topic: str, partition: int, offset: int) -> i
 
 
 def check(expected: int, acknowledged: Optional[int], delivered: Optional[int], errors: int,
-          first_error: Optional[str], stored: Optional[int]) -> list:
-    """The problems with one run's delivery (empty: every record acknowledged and in the log, once)."""
+          first_error: Optional[str], stored: Optional[int], warm_up: int = 0) -> list:
+    """The problems with one run's delivery (empty: every record acknowledged and in the log, once).
+    ``stored`` is the whole log, which also holds the ``warm_up`` records sent before the timed section."""
     problems = []
     if errors:
         problems.append(f"{errors} records failed (first: {first_error})")
@@ -130,6 +131,7 @@ def check(expected: int, acknowledged: Optional[int], delivered: Optional[int], 
         problems.append(f"the client counts {acknowledged} of {expected} records acknowledged")
     if stored is None:
         problems.append("the broker's log could not be read")
-    elif stored != expected:
-        problems.append(f"the broker's log holds {stored} of the run's records, expected {expected}")
+    elif stored != expected + warm_up:
+        problems.append(f"the broker's log holds {stored} records, expected {expected + warm_up}"
+                        + (f" ({expected} + {warm_up} warm-up)" if warm_up else ""))
     return problems

@@ -17,17 +17,21 @@ from aiokprod import codec
 from aiokprod.admin import create_topics, list_offsets
 from bench import clients, verify, workloads
 from bench.suite import finish_row
+from proxy_fixtures import kafka_proxy  # noqa: F401 - fixture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = 300  # records per run: every client and workload in well under a minute
 
 
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
 def test_quick_suite_runs_every_client_and_workload_and_verifies_delivery(tmp_path):
     out_json, out_png = tmp_path / "bench.json", tmp_path / "ratios.png"
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--records", str(TINY),
                            "--json", str(out_json), "--plot", str(out_png)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "FAILED" not in done.stdout
     document = json.loads(out_json.read_text())
@@ -58,6 +62,23 @@ def test_quick_suite_runs_every_client_and_workload_and_verifies_delivery(tmp_pa
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_run_whose_records_were_acknowledged_but_not_written_is_printed_as_failed(kafka_proxy, tmp_path):
+    # The proxy answers every Produce for partition 0 (of any topic) with success itself, never forwarding
+    # it: the client sees every record acknowledged, the broker's log lacks partition 0's share.
+    kafka_proxy.fail_produce(None, 0, 0, count=None)
+    out_json = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "bench", "--bootstrap", kafka_proxy.bootstrap, "--clients",
+                           "aiokprod", "--workloads", "small_ff", "--records", "400", "--json", str(out_json)],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 run(s) FAILED: aiokprod/small_ff" in done.stdout
+    [row] = json.loads(out_json.read_text())["results"]
+    assert (row["status"], row["verified"], row["acknowledged"], row["errors"]) == ("FAILED", False, 400, 0)
+    assert kafka_proxy.events["injected_error"] >= 1
+    assert 0 < row["stored"] < 404
+    assert row["reason"] == f"the broker's log holds {row['stored']} records, expected 404 (400 + 4 warm-up)"
+
+
 def _produce_in_many_batches(bootstrap: str, topic: str, count: int) -> None:
     """``count`` records through librdkafka, in batches of at most 10 so that every partition's log ends
     in a batch of several records (where the embedded broker's high watermark differs from Kafka's)."""
@@ -84,10 +105,9 @@ def test_a_run_the_broker_does_not_hold_in_full_fails_and_says_why():
     result = {"workload": "small_ff", "topic": "t", "records": 1000, "payload_bytes": 100_000, "wall_s": 0.01,
               "cpu_user_s": 0.001, "cpu_system_s": 0.0, "delivered": None, "acknowledged": 1000, "errors": 0,
               "first_error": None, "latency": {}, "warm_up_records": 4}
-    # The log holds 994: 4 warm-up records and 990 of the run's 1000.
     lost = finish_row("aiokprod", result, stored=994, verified_by="librdkafka consumer")
     assert (lost["ok"], lost["status"], lost["verified"]) == (False, "FAILED", False)
-    assert lost["reason"] == "the broker's log holds 990 of the run's records, expected 1000"
+    assert lost["reason"] == "the broker's log holds 994 records, expected 1004 (1000 + 4 warm-up)"
     unread = finish_row("aiokprod", result, stored=None, verified_by="librdkafka consumer")
     assert unread["status"] == "FAILED" and unread["reason"] == "the broker's log could not be read"
     assert finish_row("aiokprod", result, stored=1004, verified_by="x")["status"] == "ok"
@@ -101,6 +121,8 @@ def test_a_run_the_broker_does_not_hold_in_full_fails_and_says_why():
 def test_delivery_check_names_each_shortfall(acknowledged, delivered, errors, expected):
     first = "KafkaTimeoutError()" if errors else None
     assert verify.check(1000, acknowledged, delivered, errors, first, stored=1000) == expected
+    assert verify.check(1000, None, None, 0, None, stored=1000, warm_up=4) == [
+        "the broker's log holds 1000 records, expected 1004 (1000 + 4 warm-up)"]
 
 
 def test_overrides_go_to_every_client_or_to_the_one_named():
