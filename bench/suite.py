@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import selectors
+import queue
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 import uuid
 from typing import Callable, Optional
 
@@ -72,52 +72,57 @@ def run_client(client: str, runs: list, bootstrap: str, timeout: float, override
                                      env=_child_env())
             child.stdin.write(json.dumps(plan))
             child.stdin.close()
-            got = _read_results(child, pending, timeout + KILL_GRACE, on_result, on_start)
+            got, hung = _read_results(child, pending, timeout + KILL_GRACE, on_result, on_start)
             results += got
             pending = pending[len(got):]
             if pending:  # the child died or hung in pending[0]: that one fails, the rest get a new child
                 stderr.seek(0)
                 tail = " | ".join(stderr.read().strip().splitlines()[-3:])
-                why = (f"no result after {timeout + KILL_GRACE:.0f}s, killed" if child.returncode is None
+                why = (f"no result after {timeout + KILL_GRACE:.0f}s, killed" if hung
                        else f"child exited {child.returncode}")
                 failed = dict(pending[0], crash=f"{why}: {tail}")
                 results.append(failed)
                 on_result(failed)
                 pending = pending[1:]
-            if child.poll() is None:
-                child.kill()
-            child.wait()
             child.stdout.close()
     return results
 
 
-def _read_results(child, runs: list, silence: float, on_result, on_start) -> list:
+def _read_results(child, runs: list, silence: float, on_result, on_start) -> tuple:
+    """The child's result lines as they come (a thread reads them: a select() on the pipe would miss lines
+    already in the reader's buffer). Returns (results, whether the child was killed for staying silent
+    ``silence`` s); returns early if the child exits. The child has exited when this returns."""
+    lines: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        for line in child.stdout:
+            lines.put(line)
+        lines.put(None)  # end of output: the child exited
+
+    reader = threading.Thread(target=pump, name="bench-child-reader", daemon=True)
+    reader.start()
     got: list = []
-    selector = selectors.DefaultSelector()
-    selector.register(child.stdout, selectors.EVENT_READ)
-    try:
-        on_start(runs[0]["workload"])
-        deadline = time.monotonic() + silence
-        while len(got) < len(runs):
-            if not selector.select(max(0.0, deadline - time.monotonic())):
-                child.kill()  # silent too long
-                return got
-            line = child.stdout.readline()
-            if not line:  # exited
-                child.wait()
-                return got
-            if not line.startswith(MARK):
-                continue
-            result = json.loads(line[len(MARK):])
-            got.append(result)
-            on_result(result)
-            if len(got) < len(runs):
-                on_start(runs[len(got)]["workload"])
-            deadline = time.monotonic() + silence
-        child.wait()
-        return got
-    finally:
-        selector.close()
+    hung = False
+    on_start(runs[0]["workload"])
+    while len(got) < len(runs):
+        try:
+            line = lines.get(timeout=silence)
+        except queue.Empty:
+            child.kill()  # silent too long: hung
+            hung = True
+            break
+        if line is None:
+            break
+        if not line.startswith(MARK):
+            continue
+        result = json.loads(line[len(MARK):])
+        got.append(result)
+        on_result(result)
+        if len(got) < len(runs):
+            on_start(runs[len(got)]["workload"])
+    child.wait()
+    reader.join(5.0)  # the pipe ends with the child; the caller closes it only after this
+    return got, hung
 
 
 def finish_row(client: str, result: dict, stored: Optional[int], verified_by: str) -> dict:
