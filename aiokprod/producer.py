@@ -155,8 +155,10 @@ class Producer:
     def __del__(self, _warn=warnings.warn) -> None:
         # Like an unclosed socket or transport: a ResourceWarning. And if the loop went away without
         # cancelling our sender (loop.close() after run_until_complete), nobody reported the lost records yet.
+        # Only a started producer holds anything (its loop, connections, tasks); never started, or closed,
+        # there is nothing to warn about.
         state = getattr(self, "_state", None)
-        if state is None or state in (State.NEW, State.CLOSED):
+        if state is None or state in (State.NEW, State.CLOSED) or getattr(self, "_loop", None) is None:
             return
         _warn(f"unclosed producer {self!r}", ResourceWarning, source=self)
         if self._sender is not None and self._loop is not None:
