@@ -347,3 +347,19 @@ async def test_a_successful_or_pending_batch_is_never_reported(hm):
     del ok, pending
     gc.collect()
     assert reports == []
+
+
+def test_every_error_the_readme_lists_is_exported_from_aiokprod_errors():
+    import os
+    import re
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"),
+                  encoding="utf-8").read()
+    section = readme.split("## Errors you may catch", 1)[1].split("\n## ", 1)[0]
+    names = set(re.findall(r"^\| `(\w+)`(?:, `(\w+)`)? \|", section, re.M))
+    listed = {name for pair in names for name in pair if name}
+    assert {"RetriesExhaustedError", "SerializationError", "AuthorizationError", "DeliveryTimeoutError",
+            "BufferExhaustedError"} <= listed
+    for name in listed:
+        cls = getattr(errors, name)
+        assert issubclass(cls, errors.KafkaError), name
