@@ -17,8 +17,9 @@ What the fast path needs, kept per topic in a :class:`_Topic`:
 - the keyless "uniform sticky" state (KIP-794): the sticky partition and the bytes appended to it, counted
   as the Java client counts them: what each record added to its batch (the growth of the builder's
   ``size_in_bytes``; the whole batch, 61-byte header included, for a record that opened a new one), not its
-  upper-bound size. This is the ONE copy of that state: ``DefaultPartitioner`` reads and updates it through :meth:`sticky_partition`
-  and :meth:`record_appended`, so both paths switch at the same byte, with the same random draws;
+  upper-bound size. This is the ONE copy of that state: ``DefaultPartitioner`` reads and updates it through
+  :meth:`sticky_partition` and :meth:`record_appended`, so both paths switch at the same byte, with the same
+  random draws;
 - per partition, the open batch (an :class:`_OpenBatch`: its queue's deque, the batch, its builder and its
   completion), set by the accumulator when it opens a batch and cleared whenever that batch stops taking
   records (full, drained, expired, settled). The fast path also checks that the batch is still the tail of

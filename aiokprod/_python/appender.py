@@ -149,11 +149,12 @@ class RecordAppender:
         elif type(timestamp_ms) is not int or not 0 <= timestamp_ms <= _INT64_MAX:
             return None
         builder = slot.builder
-        before = builder.size_in_bytes
+        sticky = partition is None and klen < 0  # only records the sticky partitioner placed count
+        before = builder.size_in_bytes if sticky else 0
         if not builder.append(timestamp_ms, key, value, headers):
             return None
         handle = slot.completion.add(timestamp_ms)
-        if partition is None and klen < 0 and p == state.sticky:  # only records the sticky partitioner placed
+        if sticky and p == state.sticky:
             state.sticky_bytes += builder.size_in_bytes - before  # what the record added to the batch
             if state.sticky_bytes >= self.batch_size:
                 self._switch(state, p, n)
