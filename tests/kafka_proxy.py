@@ -26,9 +26,14 @@ Faults (each applies to the next ``count`` matching requests; ``count=None`` mea
   forwarding it (the write certainly did not happen).
 * :meth:`fail_produce`: answer the next Produce of a partition with an error code of your choice.
 * :meth:`cut_connections`: close every connection now.
+* :meth:`hold_responses`: like a delay, but until :meth:`release_held` (no wall-clock race in the test:
+  while :attr:`holding` says a response is held, the client cannot have its answer).
+* :meth:`cap_version`: advertise at most a given version of an API in ApiVersions answers (an older
+  broker), so the client's own version negotiation is what is tested.
 
 Counters (:attr:`requests`, :attr:`produce_partitions`) record what arrived on which virtual broker so
-tests can assert routing; :meth:`wait_for` polls them.
+tests can assert routing; :attr:`forwarded_records` counts the records of the Produce batches the proxy
+passed on to the broker (proof that bytes left the client, acks=0 included); :meth:`wait_for` polls them.
 
 The proxy runs on its own event loop in a background thread (see ``proxy_thread``), so sync and async tests
 can use it and a test blocking its own loop does not stall it. Public methods are thread-safe.
@@ -53,6 +58,7 @@ from typing import Callable
 
 from aiokprod.protocol import (
     API_NAMES,
+    ApiVersionsResponse,
     decode_response_header,
     FindCoordinatorResponse,
     MetadataResponse,
@@ -64,11 +70,14 @@ from proxy_thread import ThreadedProxy, close_writer
 
 PRODUCE = 0
 METADATA = 3
+API_VERSIONS = 18
 FIND_COORDINATOR = 10
 NOT_LEADER_OR_FOLLOWER = 6
 
 _API_KEYS = {name: key for key, name in API_NAMES.items()}
 _I32 = struct.Struct(">i")
+_BATCH_LENGTH = struct.Struct(">i")   # at offset 8 of a record batch; the batch is 12 + length bytes
+_BATCH_RECORDS = struct.Struct(">i")  # the record count, at offset 57 of a v2 record batch
 
 LeaderFn = Callable[[str, int], int]
 
@@ -158,7 +167,12 @@ class KafkaProxy(ThreadedProxy):
         self.produce_partitions: Counter[tuple[int, str, int]] = Counter()
         # what the proxy did: "not_leader", "injected_error", "lost_response", "cut_before", "delayed"
         self.events: Counter[str] = Counter()
+        # (topic, partition) -> records in the Produce batches forwarded to the broker
+        self.forwarded_records: Counter[tuple[str, int]] = Counter()
         self.connections_accepted = 0
+        self._version_caps: dict[int, int] = {}  # api key -> the highest version ApiVersions advertises
+        self._holding = 0
+        self._release: asyncio.Event | None = None  # made on the proxy's loop, replaced at each release
 
     # ---------------------------------------------------------------- addresses
 
@@ -223,6 +237,31 @@ class KafkaProxy(ThreadedProxy):
         """Close the client connection when the next ``count`` matching requests arrive (not forwarded)."""
         self._add_fault(_Fault("cut_before", _api_key(api), node_id, topic, partition, remaining=count))
 
+    def hold_responses(self, *, api: int | str | None = None, node_id: int | None = None,
+                       count: int | None = 1) -> None:
+        """Hold the responses to the next ``count`` matching requests until :meth:`release_held`."""
+        self._add_fault(_Fault("delay", _api_key(api), node_id, remaining=count, delay=None))
+
+    @property
+    def holding(self) -> int:
+        """Responses held right now by :meth:`hold_responses` (the client has not received them)."""
+        with self._lock:
+            return self._holding
+
+    def release_held(self) -> None:
+        """Let every response held so far go on (later held ones wait for the next release)."""
+        self.call_soon(self._release_now)
+
+    def _release_now(self) -> None:
+        self._release.set()
+        self._release = asyncio.Event()
+
+    def cap_version(self, api: int | str, max_version: int) -> None:
+        """Advertise at most ``max_version`` of ``api`` in ApiVersions answers from now on (new
+        connections negotiate against it), as a broker of an older release would."""
+        with self._lock:
+            self._version_caps[_api_key(api)] = max_version
+
     def fail_produce(self, topic: str, partition: int, error_code: int, *, count: int | None = 1,
                      node_id: int | None = None, message: str | None = None) -> None:
         """Answer the next ``count`` Produce writes to ``topic``/``partition`` with ``error_code``."""
@@ -271,6 +310,7 @@ class KafkaProxy(ThreadedProxy):
             self.requests.clear()
             self.produce_partitions.clear()
             self.events.clear()
+            self.forwarded_records.clear()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
         """Poll ``predicate`` (e.g. ``lambda: proxy.count("Produce") >= 2``) until true or timeout (sync)."""
@@ -294,6 +334,7 @@ class KafkaProxy(ThreadedProxy):
     # ---------------------------------------------------------------- the proxy itself (proxy loop only)
 
     async def _serve(self) -> None:
+        self._release = asyncio.Event()
         for _ in self.node_ids:
             self.ports.append(await self._listen(0))
 
@@ -390,6 +431,8 @@ class KafkaProxy(ThreadedProxy):
                     local.append((*tp, NOT_LEADER_OR_FOLLOWER, "proxy: not the leader of this partition"))
                 else:
                     kept.append(part)
+                    with self._lock:
+                        self.forwarded_records[tp] += _record_count(part.records)
             if kept:
                 topic_data.partition_data = kept
                 kept_topics.append(topic_data)
@@ -422,7 +465,17 @@ class KafkaProxy(ThreadedProxy):
         while True:
             future, delay = await order.get()
             data = await future
-            if delay:
+            if delay is None:
+                self.events["held"] += 1
+                release = self._release
+                with self._lock:
+                    self._holding += 1
+                try:
+                    await release.wait()
+                finally:
+                    with self._lock:
+                        self._holding -= 1
+            elif delay:
                 self.events["delayed"] += 1
                 await asyncio.sleep(delay)
             if data is _DROP:
@@ -436,6 +489,8 @@ class KafkaProxy(ThreadedProxy):
 
     def _rewrite_response(self, entry: _InFlight, payload: bytes) -> bytes:
         info = entry.info
+        if info.api_key == API_VERSIONS:
+            return self._rewrite_api_versions(info, payload)
         if info.api_key not in (METADATA, FIND_COORDINATOR, PRODUCE):
             return payload
         if info.api_key == PRODUCE and not entry.local_errors:
@@ -450,6 +505,25 @@ class KafkaProxy(ThreadedProxy):
             message = ProduceResponse.decode(body, info.api_version)
             self._add_local_produce_errors(message, info, entry.local_errors)
         return bytes(payload[:body_offset]) + message.encode(info.api_version)
+
+    def _rewrite_api_versions(self, info, payload: bytes) -> bytes:
+        with self._lock:
+            caps = dict(self._version_caps)
+        if not caps:
+            return payload
+        _, body_offset = decode_response_header(payload, info.response_header_version)
+        try:
+            response = ApiVersionsResponse.decode(memoryview(payload)[body_offset:], info.api_version)
+        except Exception:  # noqa: BLE001 - an UNSUPPORTED_VERSION answer has a v0 body: pass it on as is
+            return payload
+        if response.error_code:
+            return payload
+        for entry in response.api_keys:
+            cap = caps.get(entry.api_key)
+            if cap is not None and entry.max_version > cap:
+                entry.max_version = cap
+                self.events["version_capped"] += 1
+        return bytes(payload[:body_offset]) + response.encode(info.api_version)
 
     def _rewrite_metadata(self, response, version):
         response.brokers = [
@@ -516,3 +590,17 @@ class KafkaProxy(ThreadedProxy):
         self._add_local_produce_errors(response, info, local_errors)
         return response_payload(info.correlation_id, info.response_header_version,
                                 response.encode(info.api_version))
+
+
+def _record_count(records) -> int:
+    """Records in a Produce partition's ``records`` bytes (one or more v2 record batches)."""
+    if not records:
+        return 0
+    view = memoryview(records)
+    count = pos = 0
+    while pos + 61 <= len(view):
+        (length,) = _BATCH_LENGTH.unpack_from(view, pos + 8)
+        (count_here,) = _BATCH_RECORDS.unpack_from(view, pos + 57)
+        count += count_here
+        pos += 12 + length
+    return count
