@@ -27,7 +27,7 @@ Faults (each applies to the next ``count`` matching requests; ``count=None`` mea
 * :meth:`fail_produce`: answer the next Produce of a partition with an error code of your choice.
 * :meth:`cut_connections`: close every connection now.
 * :meth:`hold_responses`: like a delay, but until :meth:`release_held` (no wall-clock race in the test:
-  while :attr:`holding` says a response is held, the client cannot have its answer).
+  while :meth:`held` counts a response, the client cannot have its answer).
 * :meth:`cap_version`: advertise at most a given version of an API in ApiVersions answers (an older
   broker), so the client's own version negotiation is what is tested.
 
@@ -171,8 +171,8 @@ class KafkaProxy(ThreadedProxy):
         self.forwarded_records: Counter[tuple[str, int]] = Counter()
         self.connections_accepted = 0
         self._version_caps: dict[int, int] = {}  # api key -> the highest version ApiVersions advertises
-        self._holding = 0
-        self._release: asyncio.Event | None = None  # made on the proxy's loop, replaced at each release
+        self._held: Counter[int] = Counter()  # api key -> responses held right now
+        self._release: dict[int, asyncio.Event] = {}  # api key -> what its held responses wait for (proxy loop)
 
     # ---------------------------------------------------------------- addresses
 
@@ -242,19 +242,20 @@ class KafkaProxy(ThreadedProxy):
         """Hold the responses to the next ``count`` matching requests until :meth:`release_held`."""
         self._add_fault(_Fault("delay", _api_key(api), node_id, remaining=count, delay=None))
 
-    @property
-    def holding(self) -> int:
-        """Responses held right now by :meth:`hold_responses` (the client has not received them)."""
+    def held(self, api: int | str | None = None) -> int:
+        """Responses (of ``api``, or of any) held right now by :meth:`hold_responses`: the client has not
+        received them, nor any later response on the same connection (answers come in order)."""
+        key = _api_key(api)
         with self._lock:
-            return self._holding
+            return sum(n for k, n in self._held.items() if key in (None, k))
 
-    def release_held(self) -> None:
-        """Let every response held so far go on (later held ones wait for the next release)."""
-        self.call_soon(self._release_now)
+    def release_held(self, api: int | str | None = None) -> None:
+        """Let the responses (of ``api``, or all) held so far go on; later ones wait for the next release."""
+        self.call_soon(self._release_now, _api_key(api))
 
-    def _release_now(self) -> None:
-        self._release.set()
-        self._release = asyncio.Event()
+    def _release_now(self, api_key: int | None) -> None:
+        for key in [k for k in self._release if api_key in (None, k)]:
+            self._release.pop(key).set()
 
     def cap_version(self, api: int | str, max_version: int) -> None:
         """Advertise at most ``max_version`` of ``api`` in ApiVersions answers from now on (new
@@ -334,7 +335,6 @@ class KafkaProxy(ThreadedProxy):
     # ---------------------------------------------------------------- the proxy itself (proxy loop only)
 
     async def _serve(self) -> None:
-        self._release = asyncio.Event()
         for _ in self.node_ids:
             self.ports.append(await self._listen(0))
 
@@ -407,7 +407,7 @@ class KafkaProxy(ThreadedProxy):
                 # Every partition was answered by the proxy: the broker never sees this request.
                 future.set_result(self._local_produce_response(info, local_errors))
             if expects_response:
-                order.put_nowait((future, delay))
+                order.put_nowait((future, delay, info.api_key))
 
     def _route_produce(self, node_id, info, payload):
         """Split a Produce between the broker and the proxy's own answers (injected errors, not leader)."""
@@ -463,18 +463,18 @@ class KafkaProxy(ThreadedProxy):
 
     async def _proxy_to_client(self, writer, order) -> None:
         while True:
-            future, delay = await order.get()
+            future, delay, api_key = await order.get()
             data = await future
             if delay is None:
                 self.events["held"] += 1
-                release = self._release
+                release = self._release.setdefault(api_key, asyncio.Event())
                 with self._lock:
-                    self._holding += 1
+                    self._held[api_key] += 1
                 try:
                     await release.wait()
                 finally:
                     with self._lock:
-                        self._holding -= 1
+                        self._held[api_key] -= 1
             elif delay:
                 self.events["delayed"] += 1
                 await asyncio.sleep(delay)

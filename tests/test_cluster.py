@@ -128,7 +128,7 @@ async def test_wait_for_topic_is_bounded_when_the_broker_stops_answering(kafka_p
             await asyncio.wait_for(cluster.wait_for_topic(topic_name, 0.5), NO_HANG)
         # max_block_ms cut the round trip short: not the request timeout, not an answer.
         assert "the metadata request did not complete in time" in str(info.value)
-        assert kafka_proxy.holding >= 1
+        assert kafka_proxy.held("Metadata") >= 1
     finally:
         kafka_proxy.clear_faults()
         kafka_proxy.release_held()
