@@ -348,9 +348,10 @@ class KafkaProxy(ThreadedProxy):
         # comes from the broker or from the proxy itself.
         order: asyncio.Queue = asyncio.Queue()
         inflight: dict[int, _InFlight] = {}
+        acks0_ids: set[int] = set()  # correlation ids of acks=0 Produce requests forwarded
         tasks = [
-            asyncio.ensure_future(self._client_to_broker(node_id, reader, writer, up_writer, order, inflight)),
-            asyncio.ensure_future(self._broker_to_proxy(node_id, up_reader, inflight)),
+            asyncio.ensure_future(self._client_to_broker(node_id, reader, writer, up_writer, order, inflight, acks0_ids)),
+            asyncio.ensure_future(self._broker_to_proxy(node_id, up_reader, inflight, acks0_ids)),
             asyncio.ensure_future(self._proxy_to_client(writer, order)),
         ]
         try:
@@ -370,7 +371,7 @@ class KafkaProxy(ThreadedProxy):
                 if not entry.future.done():
                     entry.future.cancel()
 
-    async def _client_to_broker(self, node_id, reader, writer, up_writer, order, inflight) -> None:
+    async def _client_to_broker(self, node_id, reader, writer, up_writer, order, inflight, acks0_ids) -> None:
         loop = asyncio.get_running_loop()
         while True:
             payload = await read_frame(reader)
@@ -397,6 +398,9 @@ class KafkaProxy(ThreadedProxy):
 
             future = loop.create_future()
             if forward is not None:
+                if info.api_key == PRODUCE and not expects_response:
+                    # Tansu answers some acks=0 Produce requests anyway; the client expects nothing.
+                    acks0_ids.add(info.correlation_id)
                 if expects_response:
                     entry = _InFlight(info, future, local_errors)
                     entry.lose = self._take_fault("lose", info.api_key, node_id, partitions)
@@ -446,13 +450,19 @@ class KafkaProxy(ThreadedProxy):
         rewritten = payload[:info.body_offset] + request.encode(info.api_version)
         return rewritten, local, partitions, expects_response
 
-    async def _broker_to_proxy(self, node_id, up_reader, inflight) -> None:
+    async def _broker_to_proxy(self, node_id, up_reader, inflight, acks0_ids) -> None:
         while True:
             payload = await read_frame(up_reader)
             if payload is None:
                 return
             (correlation_id,) = _I32.unpack_from(payload, 0)
             entry = inflight.pop(correlation_id, None)
+            if entry is None and correlation_id in acks0_ids:
+                # The broker answered an acks=0 Produce. The client sent it expecting no answer, and one
+                # would desynchronise its stream, so it is dropped here and counted (a broker quirk).
+                acks0_ids.discard(correlation_id)
+                self.events["acks0_answer_dropped"] += 1
+                continue
             if entry is None:
                 raise FrameError(f"broker answered unknown correlation id {correlation_id}")
             if entry.lose is not None:
