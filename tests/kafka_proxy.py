@@ -464,7 +464,8 @@ class KafkaProxy(ThreadedProxy):
                 self.events["acks0_answer_dropped"] += 1
                 continue
             if entry is None:
-                raise FrameError(f"broker answered unknown correlation id {correlation_id}")
+                # Not a frame error to shrug off: the proxy's picture of the stream is wrong.
+                raise RuntimeError(f"broker answered unknown correlation id {correlation_id}")
             if entry.lose is not None:
                 self.events["lost_response"] += 1
                 entry.future.set_result(_CUT if entry.lose.cut else _DROP)

@@ -155,6 +155,7 @@ def test_tls_proxy_stops_cleanly(broker):
     port, directory = proxy.port, proxy.certificates.directory
     proxy.stop()
     proxy.stop()  # idempotent
+    proxy.raise_if_failed()
     import os
     import socket
 
@@ -509,5 +510,24 @@ def test_kafka_proxy_stop_is_clean(broker):
     for port in ports:
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    assert proxy.errors == []
+    proxy.raise_if_failed()
     del producer
+
+
+async def test_a_proxy_that_raised_fails_its_with_block(broker):
+    """Every proxy fixture ends its ``with`` block; an exception in the proxy itself must fail the test
+    there, not vanish into the proxy's thread. Here the leader function names a node that does not exist."""
+    from aiokprod.connection import BrokerConnection
+    from aiokprod.errors import KafkaConnectionError
+
+    with pytest.raises(AssertionError, match=r"KafkaProxy raised 1 exception\(s\): ValueError: leader function returned node 9"):
+        async with KafkaProxy(broker.host, broker.port, num_brokers=2) as proxy:
+            proxy.set_leader_fn(lambda topic, partition: 9)
+            connection = await BrokerConnection.open(proxy.host, proxy.ports[0], request_timeout_ms=5000)
+            try:
+                request = proto.MetadataRequest(topics=[proto.MetadataRequest.MetadataRequestTopic(name=unique_topic("kp-bad"))])
+                with pytest.raises(KafkaConnectionError):  # the proxy's handler died and closed the connection
+                    await asyncio.wait_for(connection.request(request, 12), 10)
+            finally:
+                connection.close()
+            assert len(proxy.errors) == 1
