@@ -9,10 +9,7 @@ from aiokprod import _impl
 from aiokprod._native import MODULES as NATIVE_MODULES
 from aiokprod.testing import EmbeddedBroker
 
-try:
-    import uvloop
-except ImportError:  # uvloop is in the test extra; without it only asyncio runs
-    uvloop = None
+import uvloop  # pinned in the test extra: every async test runs on both loops, never only on one
 
 
 def pytest_sessionstart(session):
@@ -34,10 +31,7 @@ def pytest_sessionstart(session):
 
 def pytest_asyncio_loop_factories(config, item):
     """Every async test runs once on asyncio's loop and once on uvloop's."""
-    factories = {"asyncio": asyncio.new_event_loop}
-    if uvloop is not None:
-        factories["uvloop"] = uvloop.new_event_loop
-    return factories
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")
