@@ -145,7 +145,7 @@ async def test_broker_down_fails_within_delivery_timeout(fresh_broker, topic_nam
     await producer.start()
     try:
         await producer.send_and_wait(topic_name, b"up", partition=0)
-        fresh_broker.stop()
+        await asyncio.to_thread(fresh_broker.stop)  # not on the loop: the producer keeps running meanwhile
         with pytest.raises(errors.KafkaTimeoutError, match=f"{topic_name}-0"):
             await asyncio.wait_for(producer.send_and_wait(topic_name, b"down", partition=0), NO_HANG)
         # Several records in flight or queued: all fail, none hangs.
@@ -165,7 +165,7 @@ async def test_broker_down_before_first_send_of_new_topic(fresh_broker, topic_na
     producer = Producer(fresh_broker.bootstrap, linger_ms=1, delivery_timeout_ms=2000, request_timeout_ms=1000,
                         max_block_ms=800)
     await producer.start()
-    fresh_broker.stop()
+    await asyncio.to_thread(fresh_broker.stop)  # not on the loop: the producer keeps running meanwhile
     with pytest.raises(errors.KafkaError):
         await asyncio.wait_for(producer.send(topic_name, b"v"), NO_HANG)
     await asyncio.wait_for(producer.stop(timeout=1), NO_HANG)
