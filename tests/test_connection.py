@@ -26,6 +26,7 @@ from aiokprod.protocol import (
     ProduceRequest,
 )
 from aiokprod.testing import free_port
+from helpers import read_back_async
 from kafka_frames import RequestInfo, encode_response, frame, read_frame, response_payload
 from proxy_fixtures import SASL_USERS, sasl_broker, tls_broker  # noqa: F401 - fixtures
 
@@ -420,3 +421,36 @@ async def test_sasl_against_a_broker_without_sasl_is_not_a_hang(broker):
         await asyncio.wait_for(BrokerConnection.open(
             broker.host, broker.port, sasl_mechanism="PLAIN", sasl_username="alice", sasl_password="x",
             request_timeout_ms=2000), NO_HANG)
+
+
+async def test_an_answer_to_an_acks0_produce_is_dropped_not_taken_for_corruption(broker, topic_name):
+    """Kafka brokers send no answer to an acks=0 Produce; Tansu sends one anyway. The connection must drop it
+    and stay open (closing it would lose the writes still in its buffer), and match later answers as usual."""
+    from aiokprod.codec import RecordBatchBuilder
+    from aiokprod.protocol import ProduceRequest
+    from aiokprod.protocol.produce import encode_produce_request
+
+    await create_topics(broker.bootstrap, {topic_name: 1})
+    connection = await open_broker(broker)
+    try:
+        version = connection.version_for(ProduceRequest, 3)
+        builder = RecordBatchBuilder("none")
+        assert builder.append(0, None, b"acks0", None)
+        batch = builder.build(0, -1, -1, -1, False)
+        for _ in range(3):
+            correlation_id = connection.next_correlation_id()
+            buffers = encode_produce_request(version, correlation_id, "test", None, 0, 5000,
+                                             [(topic_name, [(0, batch)])])
+            sent = connection.send_frame(buffers, correlation_id, ProduceRequest.API_KEY, version,
+                                         response_class=None)
+            assert sent.done() and sent.result() is None
+        # A request that does expect an answer, behind the three: matched to its own answer.
+        response = await asyncio.wait_for(
+            connection.request(metadata_request(topic_name), connection.version_for(MetadataRequest)), NO_HANG)
+        assert [t.name for t in response.topics] == [topic_name]
+        assert not connection.closed, connection._closed_exc
+    finally:
+        connection.close()
+    # All three writes were stored, read back by confluent-kafka's consumer.
+    stored = await read_back_async(broker.bootstrap, topic_name, [0], 3)
+    assert [m.value for m in stored] == [b"acks0"] * 3
