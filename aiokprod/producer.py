@@ -16,7 +16,7 @@ import logging
 import operator
 import warnings
 from time import time as _time
-from typing import Optional
+from typing import Any, Optional
 
 from . import errors
 from .accumulator import RecordAccumulator
@@ -326,18 +326,18 @@ class Producer:
             accumulator.release(reserved)
             raise
 
-    def _open_batch_size(self, topic, partition):
+    def _open_batch_size(self, topic: str, partition: int) -> tuple[Any, int]:
         """``(open batch, its size in bytes)`` of ``topic``-``partition``, or ``(None, 0)``."""
         batch = self._appender.open_batch(topic, partition)
         return (None, 0) if batch is None else (batch, batch.builder.size_in_bytes)
 
-    def _appended_bytes(self, topic, partition, before) -> int:
+    def _appended_bytes(self, topic: str, partition: int, before: tuple[Any, int]) -> int:
         """What the record just appended added to its batch, given ``_open_batch_size`` from just before (no
         await in between): the batch's growth if the record joined the batch open then, else the whole new
         batch, header included (Java's RecordAccumulator counts the same). The record's batch is the open
         one now: an append never closes the batch it succeeded in."""
         batch = self._appender.open_batch(topic, partition)
-        size = batch.builder.size_in_bytes
+        size: int = batch.builder.size_in_bytes
         return size - before[1] if batch is before[0] else size
 
     async def _wait_for_memory(self, size: int, record_size: int, topic: str, partition: int) -> None:
@@ -424,18 +424,18 @@ class Producer:
 
 # -- send()'s argument checks (the general path only: the fast path declines whatever is not plain) ----------
 
-def _int_argument(name: str, topic, value) -> int:
+def _int_argument(name: str, topic: object, value: object) -> int:
     """``value`` as an int: ints and integer types (``operator.index``: numpy integers, IntEnum) are taken,
     bool is refused (``partition=True`` is a mistake, not partition 1), and so is anything else."""
     if not isinstance(value, bool):
         try:
-            return operator.index(value)
+            return operator.index(value)  # type: ignore[arg-type]
         except TypeError:
             pass
     raise TypeError(f"{name} for topic {topic!r} must be an int or None, got {type(value).__name__} {value!r:.100}")
 
 
-def _timestamp_argument(topic, value) -> int:
+def _timestamp_argument(topic: object, value: object) -> int:
     timestamp = _int_argument("timestamp_ms", topic, value)
     if timestamp < 0:
         # As the Java client (ProducerRecord): a negative timestamp is refused, never written.
@@ -446,7 +446,7 @@ def _timestamp_argument(topic, value) -> int:
     return timestamp
 
 
-def _headers_error(topic, headers, error: Exception) -> Exception:
+def _headers_error(topic: object, headers: object, error: Exception) -> Exception:
     """The error for headers the codec refused (``error``), naming the first header it refuses."""
     if isinstance(headers, (list, tuple)):
         for index, header in enumerate(headers):
