@@ -14,6 +14,7 @@ import asyncio
 import enum
 import functools
 import logging
+import operator
 import warnings
 from collections.abc import Mapping
 from time import monotonic as _monotonic, time as _time
@@ -36,6 +37,8 @@ from .sender import Sender
 from .serializers import check_bytes
 
 log = logging.getLogger("aiokprod.producer")
+
+_INT64_MAX = (1 << 63) - 1
 
 
 class State(enum.Enum):
@@ -99,6 +102,11 @@ class Producer:
         self._own_partitioner = type(partitioner) is DefaultPartitioner and partitioner.sticky is self._appender
         self._record_partitioner = isinstance(partitioner, RecordPartitioner)
         self._cluster_view: Optional[ClusterView] = None
+        # Whether send()'s general path must tell the partitioner what each keyless record added to its batch
+        # (round robin's, a callable's and a Java-signature one's record_appended do nothing: no need to
+        # measure it for them).
+        self._counts_appended = type(partitioner) not in (RoundRobinPartitioner, CallablePartitioner,
+                                                          RecordPartitioner)
         self._fast_path = (not self._observed and self._key_serializer is None
                            and self._value_serializer is None
                            and (self._own_partitioner
@@ -248,8 +256,8 @@ class Producer:
             return handle
         if self._state is not State.RUNNING:
             self._raise_not_running(topic)
-        if headers is not None and type(headers) is not list and type(headers) is not tuple:
-            headers = _header_list(headers)
+        if headers is not None and type(headers) is not list and isinstance(headers, Mapping):
+            headers = _header_list(topic, headers)
         if self._observed:
             return await self._send_observed(topic, value, key, partition, timestamp_ms, headers)
         return await self._append_record(topic, value, key, partition, timestamp_ms, headers)
@@ -261,8 +269,8 @@ class Producer:
         if self._has_interceptors:
             record = self._interceptors.on_send(ProducerRecord(topic, value, key, partition, timestamp_ms, headers))
             topic, value, key, partition, timestamp_ms, headers = record
-            if headers is not None and type(headers) is not list and type(headers) is not tuple:
-                headers = _header_list(headers)
+            if headers is not None and type(headers) is not list and isinstance(headers, Mapping):
+                headers = _header_list(topic, headers)
         acks: list = []
         if self._record_hooks:
             headers = [] if headers is None else list(headers)
@@ -287,6 +295,11 @@ class Producer:
     async def _append_record(self, topic, value, key, partition, timestamp_ms, headers):
         """The general path: serialize, find the topic's metadata, partition, append (maybe a new batch)."""
         key_object, value_object = key, value
+        # The arguments the fast path declined for their type or range (it takes only exact ints).
+        if partition is not None and type(partition) is not int:
+            partition = _int_argument("partition", topic, partition)
+        if timestamp_ms is not None and (type(timestamp_ms) is not int or not 0 <= timestamp_ms <= _INT64_MAX):
+            timestamp_ms = _timestamp_argument(topic, timestamp_ms)
         if self._key_serializer is not None:
             try:
                 key = self._key_serializer(key)
@@ -308,7 +321,7 @@ class Producer:
                 self._raise_not_running(topic)
         num_partitions = info.num_partitions
         # Only records the partitioner placed without a key count toward its sticky switch (KIP-794).
-        sticky = partition is None and key is None
+        sticky = partition is None and key is None and self._counts_appended
         if partition is None:
             if self._record_partitioner:
                 partition = self._partitioner.partition_record(topic, key_object, key, value_object, value,
@@ -323,15 +336,25 @@ class Producer:
                              f"which has {num_partitions} partition(s) (0..{num_partitions - 1})")
         if timestamp_ms is None:
             timestamp_ms = int(_time() * 1000)
-        size = record_size_upper_bound(key, value, headers)
+        try:
+            size = record_size_upper_bound(key, value, headers)
+        except (TypeError, ValueError) as exc:
+            if headers is None:
+                raise
+            raise _headers_error(topic, headers, exc) from exc
         if size > self._max_record_size:
             self._record_too_large(topic, partition, size)
         accumulator = self._accumulator
+        if sticky:
+            before = self._open_batch_size(topic, partition)
         handle = accumulator.try_append(topic, partition, timestamp_ms, key, value, headers)
         if handle is None:
-            handle = await self._append_new_batch(topic, partition, timestamp_ms, key, value, headers, size)
+            handle, before = await self._append_new_batch(topic, partition, timestamp_ms, key, value, headers, size)
         if sticky:
-            self._partitioner.record_appended(topic, partition, size, num_partitions)
+            # KIP-794, as the Java client counts: the bytes the record added to its batch (the whole batch,
+            # header included, if it opened it), not its upper-bound size.
+            self._partitioner.record_appended(topic, partition, self._appended_bytes(topic, partition, before),
+                                              num_partitions)
         return handle
 
     def _raise_not_running(self, topic) -> None:
@@ -352,16 +375,32 @@ class Producer:
             f"buffer_memory={self.config.buffer_memory})")
 
     async def _append_new_batch(self, topic, partition, timestamp_ms, key, value, headers, size):
-        """The record needs a new batch: reserve its buffer (waiting for room, FIFO), then append."""
+        """The record needs a new batch: reserve its buffer (waiting for room, FIFO), then append. Returns the
+        handle and ``_open_batch_size`` as it was just before the append (after any wait)."""
         accumulator = self._accumulator
         reserved = accumulator.new_batch_reservation(size)
         if not accumulator.try_reserve(reserved):
             await self._wait_for_memory(reserved, size, topic, partition)
+        before = self._open_batch_size(topic, partition)
         try:
-            return accumulator.append_new(topic, partition, timestamp_ms, key, value, headers, reserved)
+            return accumulator.append_new(topic, partition, timestamp_ms, key, value, headers, reserved), before
         except BaseException:
             accumulator.release(reserved)
             raise
+
+    def _open_batch_size(self, topic: str, partition: int) -> tuple[Any, int]:
+        """``(open batch, its size in bytes)`` of ``topic``-``partition``, or ``(None, 0)``."""
+        batch = self._appender.open_batch(topic, partition)
+        return (None, 0) if batch is None else (batch, batch.builder.size_in_bytes)
+
+    def _appended_bytes(self, topic: str, partition: int, before: tuple[Any, int]) -> int:
+        """What the record just appended added to its batch, given ``_open_batch_size`` from just before (no
+        await in between): the batch's growth if the record joined the batch open then, else the whole new
+        batch, header included (Java's RecordAccumulator counts the same). The record's batch is the open
+        one now: an append never closes the batch it succeeded in."""
+        batch = self._appender.open_batch(topic, partition)
+        size: int = batch.builder.size_in_bytes
+        return size - before[1] if batch is before[0] else size
 
     async def _wait_for_memory(self, size: int, record_size: int, topic: str, partition: int) -> None:
         accumulator = self._accumulator
@@ -459,18 +498,17 @@ class Producer:
         return self._metrics.as_dict()
 
 
-def _header_list(headers: Any) -> list:
+def _header_list(topic: object, headers: Mapping[Any, Any]) -> list[tuple[str, Any]]:
     """Headers given as a mapping of str to bytes, as the list of (str, bytes | None) pairs the codec takes
-    (lists and tuples of pairs go to the codec as they are); a TypeError naming what is wrong otherwise."""
-    if not isinstance(headers, Mapping):
-        raise TypeError(f"headers must be a list of (str, bytes) pairs or a mapping of str to bytes, "
-                        f"not {type(headers).__name__}")
+    (lists and tuples of pairs go to the codec as they are); a TypeError naming the header otherwise."""
     pairs = list(headers.items())
     for name, value in pairs:
         if not isinstance(name, str):
-            raise TypeError(f"header name must be a str, not {type(name).__name__} ({name!r})")
+            raise TypeError(f"headers for topic {topic!r}: header name must be a str, not "
+                            f"{type(name).__name__} ({name!r:.100})")
         if value is not None and not isinstance(value, (bytes, bytearray, memoryview)):
-            raise TypeError(f"header {name!r}: value must be bytes or None, not {type(value).__name__}")
+            raise TypeError(f"headers for topic {topic!r}: header {name!r}: value must be bytes or None, not "
+                            f"{type(value).__name__}")
     return pairs
 
 
@@ -489,3 +527,40 @@ def _acknowledge(index: int, acks: list, completion: Any) -> None:
     metadata = None if error is not None else completion.metadata(index)
     for ack in acks:
         _acknowledge_one(ack, metadata, error)
+
+
+# -- send()'s argument checks (the general path only: the fast path declines whatever is not plain) ----------
+
+def _int_argument(name: str, topic: object, value: object) -> int:
+    """``value`` as an int: ints and integer types (``operator.index``: numpy integers, IntEnum) are taken,
+    bool is refused (``partition=True`` is a mistake, not partition 1), and so is anything else."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    raise TypeError(f"{name} for topic {topic!r} must be an int or None, got {type(value).__name__} {value!r:.100}")
+
+
+def _timestamp_argument(topic: object, value: object) -> int:
+    timestamp = _int_argument("timestamp_ms", topic, value)
+    if timestamp < 0:
+        # As the Java client (ProducerRecord): a negative timestamp is refused, never written.
+        raise ValueError(f"timestamp_ms for topic {topic!r} must be >= 0 (milliseconds since the epoch) or None, "
+                         f"got {timestamp}")
+    if timestamp > _INT64_MAX:
+        raise ValueError(f"timestamp_ms for topic {topic!r} does not fit Kafka's int64 timestamp: {timestamp}")
+    return timestamp
+
+
+def _headers_error(topic: object, headers: object, error: Exception) -> Exception:
+    """The error for headers the codec refused (``error``), naming the first header it refuses."""
+    if isinstance(headers, (list, tuple)):
+        for index, header in enumerate(headers):
+            try:
+                record_size_upper_bound(None, None, (header,))
+            except (TypeError, ValueError) as bad:
+                kind = TypeError if isinstance(bad, TypeError) else ValueError
+                return kind(f"headers[{index}] for topic {topic!r} is refused: {header!r:.200}: {bad}")
+    return TypeError(f"headers for topic {topic!r} must be a list or tuple of (str, bytes | None) pairs or a "
+                     f"mapping of str to bytes, got {type(headers).__name__}: {error}")

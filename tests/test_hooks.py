@@ -227,13 +227,11 @@ def test_cluster_view_lists_partitions_available_ones_and_leaders():
 
 # -- headers --------------------------------------------------------------------------------------------------
 def test_mapping_headers_become_pairs_and_bad_ones_are_named():
-    assert _header_list({"a": b"1", "b": None}) == [("a", b"1"), ("b", None)]
-    with pytest.raises(TypeError, match="header name must be a str"):
-        _header_list({1: b"x"})
+    assert _header_list("t", {"a": b"1", "b": None}) == [("a", b"1"), ("b", None)]
+    with pytest.raises(TypeError, match="headers for topic 't': header name must be a str"):
+        _header_list("t", {1: b"x"})
     with pytest.raises(TypeError, match="header 'a': value must be bytes"):
-        _header_list({"a": "text"})
-    with pytest.raises(TypeError, match="headers must be a list of"):
-        _header_list(42)
+        _header_list("t", {"a": "text"})
 
 
 # -- records recovered from a failed batch --------------------------------------------------------------------
