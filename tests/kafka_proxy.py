@@ -131,6 +131,14 @@ _DROP = object()
 _CUT = object()
 
 
+class _AnswerQueue(asyncio.Queue):
+    """A connection's answers in request order, and how many the client is still owed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.owed = 0
+
+
 @dataclass
 class _InFlight:
     info: RequestInfo
@@ -173,6 +181,9 @@ class KafkaProxy(ThreadedProxy):
         # what the proxy did: "not_leader", "injected_error", "lost_response", "cut_before", "delayed"
         self.events: Counter[str] = Counter()
         self.connections_accepted = 0
+        # The most answers one client connection was owed at once (requests in flight on it, as the
+        # client sees them): proves a pipeline was full when a fault hit it.
+        self.max_outstanding = 0
         # One entry per Produce request: (node_id, [(topic, partition, record-set bytes), ...])
         self.produce_log: list[tuple[int, list[tuple[str, int, int]]]] = []
         # Metadata views (see the module docstring): topic -> partitions shown; topics that look deleted.
@@ -325,6 +336,7 @@ class KafkaProxy(ThreadedProxy):
             self.produce_partitions.clear()
             self.events.clear()
             self.produce_log.clear()
+            self.max_outstanding = 0
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
         """Poll ``predicate`` (e.g. ``lambda: proxy.count("Produce") >= 2``) until true or timeout (sync)."""
@@ -359,7 +371,7 @@ class KafkaProxy(ThreadedProxy):
         # Responses must reach the client in request order. Each request that expects an answer puts
         # (future, delay) here as it arrives; the writer task awaits them in that order, whether the answer
         # comes from the broker or from the proxy itself.
-        order: asyncio.Queue = asyncio.Queue()
+        order = _AnswerQueue()
         inflight: dict[int, _InFlight] = {}
         tasks = [
             asyncio.ensure_future(self._client_to_broker(node_id, reader, writer, up_writer, order, inflight)),
@@ -435,6 +447,8 @@ class KafkaProxy(ThreadedProxy):
                 future.set_result(self._local_produce_response(info, local_errors))
             if expects_response:
                 order.put_nowait((future, delay))
+                order.owed += 1
+                self.max_outstanding = max(self.max_outstanding, order.owed)
 
     def _route_produce(self, node_id, info, payload):
         """Split a Produce between the broker and the proxy's own answers (injected errors, not leader)."""
@@ -506,10 +520,12 @@ class KafkaProxy(ThreadedProxy):
                 self.events["delayed"] += 1
                 await asyncio.sleep(delay)
             if data is _DROP:
+                order.owed -= 1
                 continue
             if data is _CUT:
                 return  # _handle closes both sides
             writer.write(frame(data))
+            order.owed -= 1
             await writer.drain()
 
     # ---------------------------------------------------------------- response rewriting
