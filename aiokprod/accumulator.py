@@ -35,7 +35,7 @@ class ProducerBatch:
     __slots__ = (
         "topic", "partition", "builder", "completion", "created", "reserved", "attempts", "closed",
         "producer_id", "producer_epoch", "base_sequence", "transactional", "payload", "retry_at",
-        "deadline", "outcome_unknown", "record_count", "drain_order",
+        "deadline", "outcome_unknown", "record_count", "drain_order", "last_error",
     )
 
     def __init__(self, topic: str, partition: int, builder, completion, now: float, deadline: float) -> None:
@@ -61,6 +61,9 @@ class ProducerBatch:
         self.record_count = 0
         # Order of first drain (over all partitions): retries go back in this order.
         self.drain_order = -1
+        # Why the last attempt failed (set by the sender when it queues a retry): the cause it reports if
+        # the batch then expires while queued.
+        self.last_error = None
 
     def freeze(self, producer_id: int, producer_epoch: int, base_sequence: int, transactional: bool) -> None:
         """Fix the producer fields and build the bytes (once; a retry with the same fields reuses them)."""

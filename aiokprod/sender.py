@@ -108,7 +108,9 @@ class Sender:
 
     # -- the loop -----------------------------------------------------------------------------------------
     async def _run(self) -> None:
-        while not self._closing:
+        # After a fatal error everything is failed and the producer refuses records: the task ends (it
+        # used to go on asking for a producer id every retry_backoff_ms until stop()).
+        while not self._closing and self.fatal_error is None:
             try:
                 await self._turn()
             except asyncio.CancelledError:
@@ -352,9 +354,15 @@ class Sender:
     def _retry(self, batch, error: BaseException, refresh: bool) -> None:
         now = time.monotonic()
         retries = self.config.retries
-        if self._closing or now >= batch.deadline or (retries is not None and batch.attempts > retries):
+        if self._closing or now >= batch.deadline:
             self._settle_error(batch, _delivery_failed(batch, error, now))
             return
+        if retries is not None and batch.attempts > retries:
+            # The retries cap, not the deadline (it was reported as "not delivered within
+            # delivery_timeout_ms" with time to spare): fail with the error itself, as the Java client does.
+            self._settle_error(batch, _retries_exhausted(batch, error, retries))
+            return
+        batch.last_error = error  # the cause, should the batch expire while it waits for its retry
         self.metrics.retries += 1
         queue = self.accumulator.queues[(batch.topic, batch.partition)]
         if self.idempotent:
@@ -379,7 +387,7 @@ class Sender:
 
     def _expire(self, now: float) -> None:
         for batch in self.accumulator.expired(now):
-            self._settle_error(batch, _delivery_failed(batch, None, now))
+            self._settle_error(batch, _delivery_failed(batch, batch.last_error, now))
 
 
 def _delivery_failed(batch, cause, now: float) -> errors.KafkaTimeoutError:
@@ -393,6 +401,22 @@ def _delivery_failed(batch, cause, now: float) -> errors.KafkaTimeoutError:
     exc.topic = batch.topic
     exc.partition = batch.partition
     exc.__cause__ = cause
+    return exc
+
+
+def _retries_exhausted(batch, error: BaseException, retries: int) -> BaseException:
+    if isinstance(error, errors.BrokerResponseError):
+        return error  # made for this partition's answer, with its topic and partition
+    # A connection error or request timeout is one instance shared by every batch of the request: give
+    # each batch its own, saying what happened to it.
+    doubt = " The last attempt got no answer, so the broker may have written it." if batch.outcome_unknown else ""
+    text = (f"{len(batch.builder)} record(s) for {batch.topic}-{batch.partition} not delivered after "
+            f"{batch.attempts} attempt(s) (retries={retries}): {error}.{doubt}")
+    try:
+        exc = type(error)(text)
+    except Exception:  # noqa: BLE001 - an exception class with another signature
+        exc = errors.KafkaError(text)
+    exc.__cause__ = error
     return exc
 
 
