@@ -86,7 +86,7 @@ async def read_log(broker, topic: str, partitions) -> dict[int, list[tuple[int, 
 
 
 def check_log(ledger: Ledger, log: dict, *, idempotent: bool, checked: Optional[set] = None,
-              may_be_absent: Optional[set] = None) -> None:
+              may_be_absent: Optional[set] = None, name: str = "log") -> None:
     """The shared invariants (module docstring). ``checked``: the indexes whose presence is required
     (default: every success); ``may_be_absent``: successes that may be missing from ``log`` (acknowledged
     by a broker whose memory was lost in a restart)."""
@@ -117,17 +117,18 @@ def check_log(ledger: Ledger, log: dict, *, idempotent: bool, checked: Optional[
         if not sent.failed:
             problems.append(f"record {index} succeeded ({sent.outcome}) but is not in the log")
     for partition, records in log.items():
-        first = []
+        first = []  # (index, offset) of each record's first copy
         seen = set()
-        for _, value in records:
+        for offset, value in records:
             index = index_of(value)
             if index not in seen:
                 seen.add(index)
-                first.append(index)
-        out_of_order = [(a, b) for a, b in zip(first, first[1:]) if b < a]
+                first.append((index, offset))
+        out_of_order = [(a, b) for a, b in zip(first, first[1:]) if b[0] < a[0]]
         if out_of_order:
-            problems.append(f"partition {partition} out of send order at {out_of_order[:5]}")
-    assert not problems, f"{len(problems)} problem(s):\n" + "\n".join(problems[:20])
+            problems.append(f"partition {partition} out of send order at (index, offset) pairs "
+                            f"{out_of_order[:5]}")
+    assert not problems, f"{len(problems)} problem(s) in the {name}:\n" + "\n".join(problems[:20])
 
 
 def duplicates(log: dict) -> int:

@@ -84,10 +84,12 @@ def _in_thread(coro_fn, *args):
         return pool.submit(lambda: asyncio.run(coro_fn(*args))).result(60)
 
 
+@pytest.mark.one_loop_per_implementation  # ~8 s a run; see conftest
 @pytest.mark.parametrize("mode", ["idempotent", "plain"])
 async def test_chaos(fresh_broker, topic_name, mode):
     seed = int(SEED) if SEED else random.SystemRandom().randrange(2 ** 32)
-    print(f"chaos seed {seed} (replay: AIOKPROD_CHAOS_SEED={seed} AIOKPROD_CHAOS_SECONDS={SECONDS})")
+    loop = type(asyncio.get_running_loop()).__module__
+    print(f"chaos seed {seed} on {loop} (replay: AIOKPROD_CHAOS_SEED={seed} AIOKPROD_CHAOS_SECONDS={SECONDS})")
     try:
         await _chaos(fresh_broker, topic_name, mode, seed)
     except AssertionError as exc:
@@ -150,11 +152,13 @@ async def _chaos(broker, topic: str, mode: str, seed: int) -> None:
 
     # Before the restart: whatever was acknowledged by then is in the old log, where it was reported.
     acked_before = {i for i in settled_at_restart}
+    print(f"restart after record {sent_before_restart}")
     check_log(ledger, old_log, idempotent=idempotent, checked=acked_before,
-              may_be_absent=set(range(len(ledger.records))) - acked_before)
+              may_be_absent=set(range(len(ledger.records))) - acked_before, name="before the restart")
     # After it: every record sent after the restart is in the new log, where it was reported.
     after = set(range(sent_before_restart, len(ledger.records)))
-    check_log(ledger, new_log, idempotent=idempotent, checked=after, may_be_absent=set(range(sent_before_restart)))
+    check_log(ledger, new_log, idempotent=idempotent, checked=after, may_be_absent=set(range(sent_before_restart)),
+              name="after the restart")
     # In flight at the restart: in one log or the other, unless acknowledged between the read and the stop.
     in_old = {index_of(v) for records in old_log.values() for _, v in records}
     in_new = {index_of(v) for records in new_log.values() for _, v in records}
