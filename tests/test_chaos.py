@@ -85,6 +85,7 @@ def _in_thread(coro_fn, *args):
 
 
 @pytest.mark.one_loop_per_implementation  # ~8 s a run; see conftest
+@pytest.mark.timeout(max(120, SECONDS * 10))  # a long run (AIOKPROD_CHAOS_SECONDS) on a loaded machine
 @pytest.mark.parametrize("mode", ["idempotent", "plain"])
 async def test_chaos(fresh_broker, topic_name, mode):
     seed = int(SEED) if SEED else random.SystemRandom().randrange(2 ** 32)
