@@ -61,8 +61,7 @@ class ProducerBatch:
         self.record_count = 0
         # Order of first drain (over all partitions): retries go back in this order.
         self.drain_order = -1
-        # Why the last attempt failed (set by the sender when it queues a retry): the cause it reports if
-        # the batch then expires while queued.
+        # What made the last attempt fail (None before any): the cause a delivery timeout reports.
         self.last_error = None
 
     def freeze(self, producer_id: int, producer_epoch: int, base_sequence: int, transactional: bool) -> None:
@@ -313,6 +312,16 @@ class RecordAccumulator:
                 self._batch_closed(batch)
                 result.append(batch)
         return result
+
+    def earliest_deadline(self) -> Optional[float]:
+        """The soonest delivery deadline among queued batches (a queue's oldest batch is its head), or None."""
+        earliest = None
+        for queue in self.queues.values():
+            if queue.batches:
+                deadline = queue.batches[0].deadline
+                if earliest is None or deadline < earliest:
+                    earliest = deadline
+        return earliest
 
     def all_batches(self):
         for queue in self.queues.values():

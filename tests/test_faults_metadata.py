@@ -81,7 +81,7 @@ async def test_deleted_topic_fails_its_records_and_leaves_others_alone(broker, k
     assert not kept.failures()
     assert len(gone.failures()) == 50
     for record in gone.failures():
-        assert isinstance(record.outcome, errors.KafkaTimeoutError), record.outcome
+        assert isinstance(record.outcome, errors.DeliveryTimeoutError), record.outcome
         assert f"{topic_name}-0" in str(record.outcome)
         assert isinstance(record.outcome.__cause__, errors.UnknownTopicOrPartitionError), record.outcome.__cause__
     assert back.offset == 1  # nothing of the deleted topic's records was written

@@ -23,8 +23,8 @@ MESSAGE_TOO_LARGE = 10
 
 
 async def test_retries_cap_with_a_broker_that_keeps_failing(broker, kafka_proxy, topic_name):
-    """retries=2: three attempts (counted at the proxy), then the broker's own error, as the Java client
-    fails a batch whose retries ran out (not a delivery timeout: there is plenty of time left)."""
+    """retries=2: three attempts (counted at the proxy), then an error saying the retries ran out, with the
+    broker's error as its cause (not a delivery timeout: there is plenty of time left)."""
     proxy = kafka_proxy
     async with Producer(proxy.bootstrap, linger_ms=1, retries=2, retry_backoff_ms=10,
                         delivery_timeout_ms=60000) as producer:
@@ -32,9 +32,11 @@ async def test_retries_cap_with_a_broker_that_keeps_failing(broker, kafka_proxy,
         proxy.fail_produce(topic_name, 0, NOT_ENOUGH_REPLICAS, count=None)
         proxy.reset_counters()
         handle = await producer.send(topic_name, b"x", partition=0)
-        with pytest.raises(errors.NotEnoughReplicasError) as failure:
+        with pytest.raises(errors.KafkaError, match=r"retries=2 reached after 3 attempt\(s\)") as failure:
             await asyncio.wait_for(handle, GUARD)
-        assert failure.value.topic == topic_name and failure.value.partition == 0
+        assert not isinstance(failure.value, errors.KafkaTimeoutError)
+        assert isinstance(failure.value.__cause__, errors.NotEnoughReplicasError)
+        assert (failure.value.topic, failure.value.partition) == (topic_name, 0)
         assert proxy.produce_count(topic_name, 0) == 3
         assert proxy.events["injected_error"] == 3
         # The failed batch used a sequence: the partition goes on (new producer id) once the broker heals.
@@ -45,7 +47,7 @@ async def test_retries_cap_with_a_broker_that_keeps_failing(broker, kafka_proxy,
 
 
 async def test_delivery_timeout_with_a_broker_that_keeps_failing(broker, kafka_proxy, topic_name):
-    """No retries cap: the batch is retried until delivery_timeout_ms, then fails with a KafkaTimeoutError
+    """No retries cap: the batch is retried until delivery_timeout_ms, then fails with a DeliveryTimeoutError
     that names the partition and carries the broker's last error as its cause."""
     proxy = kafka_proxy
     async with Producer(proxy.bootstrap, linger_ms=1, retry_backoff_ms=50, retry_backoff_max_ms=200,
@@ -54,11 +56,11 @@ async def test_delivery_timeout_with_a_broker_that_keeps_failing(broker, kafka_p
         proxy.fail_produce(topic_name, 0, NOT_ENOUGH_REPLICAS, count=None)
         proxy.reset_counters()
         handle = await producer.send(topic_name, b"x", partition=0)
-        with pytest.raises(errors.KafkaTimeoutError, match="delivery_timeout_ms") as failure:
+        with pytest.raises(errors.DeliveryTimeoutError, match="delivery_timeout_ms") as failure:
             await asyncio.wait_for(handle, GUARD)
         attempts = proxy.produce_count(topic_name, 0)
     assert attempts >= 2 and proxy.events["injected_error"] == attempts
-    assert f"{attempts} attempt(s)" in str(failure.value)
+    assert failure.value.attempts == attempts
     assert isinstance(failure.value.__cause__, errors.NotEnoughReplicasError)
     assert (failure.value.topic, failure.value.partition) == (topic_name, 0)
     assert [r.value for r in await _records(broker, topic_name, 0)] == [b"warm"]
@@ -66,8 +68,9 @@ async def test_delivery_timeout_with_a_broker_that_keeps_failing(broker, kafka_p
 
 async def test_retries_cap_with_a_broker_that_answers_too_slowly(broker, kafka_proxy, topic_name):
     """Every answer is held longer than request_timeout_ms (the connection stays open; the client times
-    the request out and closes it). retries=1: two attempts, then the request timeout is the error. The
-    broker wrote the first attempt, and the second was its duplicate: the log holds it once."""
+    the request out and closes it). retries=1: two attempts, then the retries cap, with the request timeout
+    as its cause and the warning that the broker may have written the record. It did (the first attempt),
+    and the second was its duplicate: the log holds it once."""
     proxy = kafka_proxy
     async with Producer(proxy.bootstrap, linger_ms=1, retries=1, retry_backoff_ms=10, request_timeout_ms=1000,
                         delivery_timeout_ms=60000) as producer:
@@ -75,12 +78,15 @@ async def test_retries_cap_with_a_broker_that_answers_too_slowly(broker, kafka_p
         proxy.delay_responses(5.0, api="Produce", count=None)
         proxy.reset_counters()
         handle = await producer.send(topic_name, b"slow", partition=0)
-        with pytest.raises(errors.KafkaTimeoutError, match="got no answer within") as failure:
+        with pytest.raises(errors.KafkaError, match=r"retries=1 reached after 2 attempt\(s\)") as failure:
             await asyncio.wait_for(handle, GUARD)
         assert proxy.produce_count(topic_name, 0) == 2
         assert proxy.events["delayed"] >= 1
         proxy.clear_faults()
-    assert "delivery_timeout_ms" not in str(failure.value)  # the retries cap, not the deadline
+    assert not isinstance(failure.value, errors.DeliveryTimeoutError)  # the retries cap, not the deadline
+    assert "may have written it" in str(failure.value)
+    cause = failure.value.__cause__
+    assert isinstance(cause, errors.KafkaTimeoutError) and "got no answer within" in str(cause)
     assert [r.value for r in await _records(broker, topic_name, 0)] == [b"warm", b"slow"]
 
 
@@ -105,9 +111,9 @@ async def test_batch_expires_while_in_flight_to_a_slow_broker(broker, kafka_prox
         await ledger.settle(GUARD)
     ledger.assert_settled_once()
     failure = ledger.records[1].outcome
-    assert isinstance(failure, errors.KafkaTimeoutError), failure
+    assert isinstance(failure, errors.DeliveryTimeoutError), failure
     assert "delivery_timeout_ms" in str(failure) and "may have written it" in str(failure)
-    assert attempts == 2
+    assert failure.may_have_been_written and failure.attempts == attempts == 2
     assert not ledger.records[2].failed
     log = await read_log(broker, topic_name, [0])
     check_log(ledger, log, idempotent=True)
