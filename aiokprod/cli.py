@@ -45,6 +45,12 @@ def _setting(text: str) -> tuple[str, str]:
     return name.strip(), value
 
 
+def _topic(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("the topic name must not be empty")
+    return text
+
+
 def _header(text: str) -> tuple[str, bytes]:
     name, value = _setting(text)
     return name, value.encode()
@@ -64,7 +70,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", metavar="HOST:PORT",
                         help="broker(s) to bootstrap from, comma-separated; default: start the embedded broker "
                              "(needs the 'broker' extra: pip install 'aiokprod[broker]')")
-    parser.add_argument("--topic", required=True, help="the topic to produce to")
+    parser.add_argument("--topic", type=_topic, required=True, help="the topic to produce to")
     parser.add_argument("--keyed", action="store_true", help="each line is key<SEP>value (SEP: --key-separator)")
     parser.add_argument("--key-separator", type=_separator, default=b"\t", metavar="SEP",
                         help="what separates key and value with --keyed (default: TAB; '\\t' is understood)")
@@ -247,42 +253,50 @@ async def produce(producer: Producer, args: argparse.Namespace, fd: int, progres
         read_bytes += size
 
     collecting: set[asyncio.Task] = set()
-    async with producer:
-        try:
-            async for chunk in _lines(fd, on_read):
-                numbers, sizes, handles = [], [], []
-                for line in chunk:
-                    tally.lines += 1
-                    key = None
-                    if keyed:
-                        key, sep, line = line.partition(separator)
-                        if not sep:
-                            tally.record_failed(tally.lines, ValueError(
-                                f"no key separator ({shown_separator}) in the line: --keyed reads "
-                                f"key{shown_separator}value"))
+    try:
+        async with producer:
+            try:
+                async for chunk in _lines(fd, on_read):
+                    numbers, sizes, handles = [], [], []
+                    for line in chunk:
+                        tally.lines += 1
+                        key = None
+                        if keyed:
+                            key, sep, line = line.partition(separator)
+                            if not sep:
+                                tally.record_failed(tally.lines, ValueError(
+                                    f"no key separator ({shown_separator}) in the line: --keyed reads "
+                                    f"key{shown_separator}value"))
+                                continue
+                        try:
+                            handle = await producer.send(topic, line, key=key, headers=headers)
+                        except errors.RecordTooLargeError as exc:  # this record only: go on with the next
+                            tally.record_failed(tally.lines, exc)
                             continue
-                    try:
-                        handle = await producer.send(topic, line, key=key, headers=headers)
-                    except errors.RecordTooLargeError as exc:  # this record only: go on with the next
-                        tally.record_failed(tally.lines, exc)
-                        continue
-                    # Anything else send() raises (closed, failed, no metadata within max_block_ms) would
-                    # hit every line after this one too: it ends the run, below.
-                    tally.sent += 1
-                    numbers.append(tally.lines)
-                    sizes.append(len(line) + (len(key) if key is not None else 0))
-                    handles.append(handle)
-                if handles:
-                    task = asyncio.ensure_future(tally.collect(numbers, sizes, handles))
-                    collecting.add(task)
-                    task.add_done_callback(collecting.discard)
-                progress.update(read_bytes, tally)
-        finally:
-            # However the input ended (its end, an error, Ctrl-C), what was sent is delivered or failed and
-            # counted before the summary: nothing is left hanging or uncounted.
-            await producer.flush()
+                        # Anything else send() raises (closed, failed, no metadata within max_block_ms) would
+                        # hit every line after this one too: it ends the run.
+                        tally.sent += 1
+                        numbers.append(tally.lines)
+                        sizes.append(len(line) + (len(key) if key is not None else 0))
+                        handles.append(handle)
+                    if handles:
+                        task = asyncio.ensure_future(tally.collect(numbers, sizes, handles))
+                        collecting.add(task)
+                        task.add_done_callback(collecting.discard)
+                    progress.update(read_bytes, tally)
+            finally:
+                # However the input ended (its end, an error, Ctrl-C), deliver what was sent. A producer that
+                # cannot flush (it failed) is left to stop(), which fails what it could not deliver.
+                try:
+                    await producer.flush()
+                except errors.KafkaError:
+                    pass
+    finally:
+        # stop() has resolved every handle, delivered or failed, so counting them cannot hang: every record
+        # sent is in the summary.
+        if collecting:
             await asyncio.gather(*collecting)
-            progress.update(read_bytes, tally)
+        progress.update(read_bytes, tally)
 
 
 def summary(tally: Tally, topic: str, bootstrap: str, elapsed: float) -> dict[str, Any]:
@@ -332,9 +346,6 @@ def main(argv: Optional[list[str]] = None, prog: str = "aiokprod produce") -> in
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     settings = producer_settings(parser, args)
-    if sys.stdin is None:
-        parser.error("no standard input to read records from")
-    fd = sys.stdin.fileno()
     broker = None
     if "bootstrap_servers" not in settings and not any(DOTTED_NAMES.get(n) == "bootstrap_servers" for n in settings):
         from .testing import EmbeddedBroker
@@ -345,37 +356,38 @@ def main(argv: Optional[list[str]] = None, prog: str = "aiokprod produce") -> in
         producer = Producer.from_config(settings)
     except ConfigError as exc:
         parser.error(str(exc))
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError) as exc:  # None, closed, or not a real file
+        parser.error(f"no standard input to read records from ({exc})")
     bootstrap = ",".join(f"{host}:{port}" for host, port in producer.config.bootstrap_list)
     show_progress = _progress_wanted(parser, args.progress)
     tally = Tally()
     started = time.perf_counter()
-    progress = None
     try:
         if broker is not None:
             broker.start()
             print(f"embedded broker (Tansu) listening on {broker.bootstrap}", file=sys.stderr)
         progress = Progress(show_progress, _input_size(fd))
-        asyncio.run(produce(producer, args, fd, progress, tally))
-    except KeyboardInterrupt:
-        if progress is not None:
+        try:
+            asyncio.run(produce(producer, args, fd, progress, tally))
+        finally:
             progress.stop()
+    except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         print_summary(summary(tally, args.topic, bootstrap, time.perf_counter() - started), args.json)
         return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - the run is over; say why, the records' fate included
-        if progress is not None:
-            progress.stop()
+    except Exception as exc:  # noqa: BLE001 - the run is over; say why, and what became of the records
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         if tally.lines:
-            print(f"error: stopped after line {tally.lines}; lines after it were not sent", file=sys.stderr)
+            print(f"error: stopped at input line {tally.lines}, after sending {tally.sent} records; "
+                  "the rest of the input was not sent", file=sys.stderr)
         print_summary(summary(tally, args.topic, bootstrap, time.perf_counter() - started), args.json)
         return EXIT_FAILED
     finally:
         if broker is not None:
             broker.stop()
-    progress.stop()
-    result = summary(tally, args.topic, bootstrap, time.perf_counter() - started)
-    print_summary(result, args.json)
+    print_summary(summary(tally, args.topic, bootstrap, time.perf_counter() - started), args.json)
     if tally.failed:
         shown = min(tally.failed, MAX_ERRORS_SHOWN)
         more = f" ({tally.failed - shown} not shown)" if tally.failed > shown else ""

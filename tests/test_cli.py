@@ -19,6 +19,7 @@ import threading
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from aiokprod.__main__ import main as aiokprod_main
 from aiokprod.testing import free_port
 from helpers import JAVA_MURMUR2, java_partition, read_back
 from log_reader import read_batches
@@ -156,6 +157,19 @@ def test_a_closed_port_fails_with_the_connection_error(topic_name):
     assert f"127.0.0.1:{port}" in result.stderr
 
 
+def test_an_error_that_would_hit_every_line_ends_the_run(broker, topic_name):
+    """No metadata for the topic (auto-creation off, topic unknown) within max.block.ms: the first send()
+    raises, the run stops there instead of failing every line after max.block.ms each."""
+    result = produce(broker, topic_name, b"one\ntwo\nthree\n", "-X", "allow.auto.create.topics=false",
+                     "-X", "max.block.ms=300")
+    assert result.returncode == 1
+    assert "error: KafkaTimeoutError: " in result.stderr, result.stderr
+    assert topic_name in result.stderr
+    assert "stopped at input line 1, after sending 0 records" in result.stderr
+    summary = summary_of(result)
+    assert (summary["records"], summary["lines"]) == (0, 1)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--headers", "novalue"], "argument --headers: expected name=value, got 'novalue'"),
     (["-X", "no.such.setting=1"], "unknown producer setting 'no.such.setting'"),
@@ -164,18 +178,23 @@ def test_a_closed_port_fails_with_the_connection_error(topic_name):
     (["--acks", "2"], "argument --acks: invalid choice: '2'"),
     (["--compression", "brotli"], "argument --compression: invalid choice: 'brotli'"),
     (["--linger-ms", "-1"], "linger_ms must be a number >= 0, got -1.0"),
+    (["--topic", ""], "argument --topic: the topic name must not be empty"),
 ])
-def test_bad_arguments_are_usage_errors(args, message, topic_name):
-    # No broker is needed: arguments and settings are checked before anything starts.
-    result = run_cli(["produce", "--topic", topic_name, *args], b"")
-    assert result.returncode == 2, result
-    assert "usage: python -m aiokprod produce" in result.stderr
-    assert message in result.stderr, result.stderr
+def test_bad_arguments_are_usage_errors(args, message, topic_name, capsys):
+    # In-process (the real argument parsing; no broker is needed, arguments and settings are checked before
+    # anything starts); test_topic_is_required checks the exit status of a real process.
+    with pytest.raises(SystemExit) as exit_info:
+        aiokprod_main(["produce", "--topic", topic_name, *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: python -m aiokprod produce" in err
+    assert message in err, err
 
 
 def test_topic_is_required():
     result = run_cli(["produce"], b"")
     assert result.returncode == 2
+    assert "usage: python -m aiokprod produce" in result.stderr
     assert "the following arguments are required: --topic" in result.stderr
 
 
