@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import concurrent.futures
 import json
 import os
 import stat
@@ -205,7 +206,9 @@ def _start_reader(fd: int, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue
                     return
         except OSError as exc:
             put(exc)
-        except RuntimeError:  # the loop closed under us (interrupted): nobody is listening
+        except (RuntimeError, concurrent.futures.CancelledError):
+            # The run ended before the input did (an error, Ctrl-C): the loop is closed or closing and its
+            # pending put was cancelled. Nobody is listening; the rest of the input stays unread.
             return
 
     threading.Thread(target=read, name="aiokprod-stdin", daemon=True).start()

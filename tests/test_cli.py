@@ -157,6 +157,32 @@ def test_a_closed_port_fails_with_the_connection_error(topic_name):
     assert f"127.0.0.1:{port}" in result.stderr
 
 
+def test_lines_are_sent_as_they_arrive_and_ctrl_c_ends_with_a_summary(broker, topic_name):
+    """Interactive use: lines are produced while stdin is still open (read back before it ends); SIGINT
+    then ends the run with status 130 and a summary counting what was delivered."""
+    proc = subprocess.Popen([sys.executable, "-m", "aiokprod", "produce", "--bootstrap", broker.bootstrap,
+                             "--topic", topic_name, "--json"], cwd=ROOT, env=cli_env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        proc.stdin.write(b"one\ntwo\nthree\n")
+        proc.stdin.flush()
+        # The broker auto-creates the topic with 4 partitions (shared/BROKER.md) when the producer first asks
+        # for its metadata; the consumer waits for the records themselves.
+        stored = read_back(broker.bootstrap, topic_name, range(4), expected=3, timeout=30)
+        assert sorted(r.value for r in stored) == [b"one", b"three", b"two"]
+        assert proc.poll() is None  # still reading its open stdin
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert b"interrupted" in err
+    summary = json.loads(out)
+    assert (summary["records"], summary["lines"], summary["errors"]) == (3, 3, 0)
+
+
 def test_an_error_that_would_hit_every_line_ends_the_run(broker, topic_name):
     """No metadata for the topic (auto-creation off, topic unknown) within max.block.ms: the first send()
     raises, the run stops there instead of failing every line after max.block.ms each."""
