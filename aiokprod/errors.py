@@ -16,7 +16,10 @@ The hierarchy::
     │   └── RequestTimedOutError        code 7: the *broker* timed out (e.g. acks=-1 replication)
     ├── KafkaConnectionError            the connection failed or closed (retriable)
     ├── KafkaTimeoutError               a client-side deadline passed (delivery, metadata wait, request);
-    │                                   retriable like Java's TimeoutException
+    │   │                               retriable like Java's TimeoutException
+    │   ├── DeliveryTimeoutError        a record was not delivered within delivery_timeout_ms
+    │   └── BufferExhaustedError        send() found no room in buffer_memory within max_block_ms
+    │                                   (back-pressure; Java's BufferExhaustedException)
     ├── RecordTooLargeError             client-side: a record is larger than max_request_size /
     │                                   buffer_memory (the broker's is MessageTooLargeError, code 10)
     ├── ProducerClosedError             send() after close(), or pending records failed by close
@@ -34,6 +37,8 @@ NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH, KAFKA_STORAGE
 UNKNOWN_TOPIC_ID, INCONSISTENT_TOPIC_ID).
 """
 from __future__ import annotations
+
+from typing import Any
 
 from aiokprod._error_codes import ERROR_CODES
 
@@ -66,6 +71,29 @@ class KafkaTimeoutError(KafkaError):
     """
 
     retriable = True
+
+
+class DeliveryTimeoutError(KafkaTimeoutError):
+    """A record was not delivered within ``delivery_timeout_ms`` (the sender expired its batch).
+
+    ``__cause__`` is the error of the batch's last attempt (None if it was never sent, or if it was in flight
+    with no answer yet). ``may_have_been_written`` is True when the last attempt got no answer, so the broker
+    may have written the record after all. ``attempts`` counts the requests that carried it.
+    """
+
+    topic: str | None = None
+    partition: int | None = None
+    attempts = 0
+    may_have_been_written = False
+
+
+class BufferExhaustedError(KafkaTimeoutError):
+    """``send()`` waited ``max_block_ms`` for room in ``buffer_memory`` and found none: back-pressure.
+
+    A subclass of :class:`KafkaTimeoutError` (what it was before it had a name of its own), so code catching
+    that still catches it; a caller that wants to tell "slow down and retry" from "the broker is gone" (a web
+    handler answering 503 with Retry-After) catches this one first.
+    """
 
 
 class RecordTooLargeError(KafkaError):
@@ -123,7 +151,7 @@ class BrokerResponseError(KafkaError):
             text += f" ({', '.join(flags)})"
         return text
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
         return (type(self), (self.broker_message, self.topic, self.partition))
 
 
