@@ -16,6 +16,7 @@ import collections
 import os
 import sys
 import time
+from typing import Optional, Sequence
 
 
 def _info() -> int:
@@ -66,7 +67,7 @@ def _prog() -> str:
     return "aiokprod" if name in ("aiokprod", "aiokprod.exe") else "python -m aiokprod"
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Dispatch on the first argument: ``produce`` and ``info`` are commands; anything else (options, or
     nothing) is the main job, so ``python -m aiokprod --count 10`` keeps working."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
     return _main_job(argv, prog)
 
 
-def _main_job(argv, prog: str) -> int:
+def _main_job(argv: Sequence[str], prog: str) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bootstrap", help="host:port of a broker; default: start the embedded broker")

@@ -23,7 +23,7 @@ import stat
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Callable, Optional, Union
 
 from . import errors
 from .config import COMPRESSION_TYPES, DOTTED_NAMES, ConfigError
@@ -190,11 +190,14 @@ def _input_size(fd: int) -> Optional[int]:
     return None
 
 
-def _start_reader(fd: int, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+_Chunk = Union[bytes, OSError]  # what the stdin thread hands over: data, b"" at the end, or the read's error
+
+
+def _start_reader(fd: int, loop: asyncio.AbstractEventLoop, queue: "asyncio.Queue[_Chunk]") -> None:
     """Read stdin in a daemon thread (a blocked read of a terminal must not keep the process alive after
     Ctrl-C); the bounded queue holds it back while the producer is busy. ``b""`` marks the end."""
 
-    def put(item: Any) -> None:
+    def put(item: _Chunk) -> None:
         asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
 
     def read() -> None:
@@ -214,9 +217,9 @@ def _start_reader(fd: int, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue
     threading.Thread(target=read, name="aiokprod-stdin", daemon=True).start()
 
 
-async def _lines(fd: int, on_read):
+async def _lines(fd: int, on_read: Callable[[int], None]) -> AsyncIterator[list[bytes]]:
     """Yield lists of complete lines (without their newline, and without a CR before it) as they arrive."""
-    queue: asyncio.Queue = asyncio.Queue(maxsize=4)
+    queue: asyncio.Queue[_Chunk] = asyncio.Queue(maxsize=4)
     _start_reader(fd, asyncio.get_running_loop(), queue)
     pending: list[bytes] = []  # pieces of a line not ended yet (a long line spans reads)
     while True:
@@ -255,7 +258,7 @@ async def produce(producer: Producer, args: argparse.Namespace, fd: int, progres
         nonlocal read_bytes
         read_bytes += size
 
-    collecting: set[asyncio.Task] = set()
+    collecting: set[asyncio.Task[None]] = set()
     try:
         async with producer:
             try:
