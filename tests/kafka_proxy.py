@@ -26,9 +26,26 @@ Faults (each applies to the next ``count`` matching requests; ``count=None`` mea
   forwarding it (the write certainly did not happen).
 * :meth:`fail_produce`: answer the next Produce of a partition with an error code of your choice.
 * :meth:`cut_connections`: close every connection now.
+* :meth:`fail_requests`: answer the next non-Produce requests of an API (e.g. InitProducerId) with an
+  error code, without forwarding them (the broker never sees them).
+* :meth:`omit_from_produce_response`: forward a Produce (the write happens) but leave one partition out
+  of the answer, as a buggy or partially failed broker might.
+
+* :meth:`hold_responses`: like a delay, but until :meth:`release_held` (no wall-clock race in the test:
+  while :meth:`held` counts a response, the client cannot have its answer).
+* :meth:`cap_version`: advertise at most a given version of an API in ApiVersions answers (an older
+  broker), so the client's own version negotiation is what is tested.
+
+Metadata views (until changed again): :meth:`limit_partitions` shows only a topic's first partitions (so a
+later call with ``None`` makes its partition count grow, which Tansu cannot do itself), and
+:meth:`delete_topic` makes a topic look deleted: Metadata answers UNKNOWN_TOPIC_OR_PARTITION for it and
+Produce to it is answered with the same error without reaching the broker. :meth:`restore_topic` undoes it.
 
 Counters (:attr:`requests`, :attr:`produce_partitions`) record what arrived on which virtual broker so
-tests can assert routing; :meth:`wait_for` polls them.
+tests can assert routing; :attr:`forwarded_records` counts the records of the Produce batches the proxy
+passed on to the broker (proof that bytes left the client, acks=0 included); :attr:`produce_log` keeps,
+per Produce request, its virtual broker and the (topic, partition, record-set bytes) it carried;
+:attr:`max_outstanding` is the most answers one connection was owed at once; :meth:`wait_for` polls them.
 
 The proxy runs on its own event loop in a background thread (see ``proxy_thread``), so sync and async tests
 can use it and a test blocking its own loop does not stall it. Public methods are thread-safe.
@@ -53,8 +70,10 @@ from typing import Callable
 
 from aiokprod.protocol import (
     API_NAMES,
+    ApiVersionsResponse,
     decode_response_header,
     FindCoordinatorResponse,
+    InitProducerIdResponse,
     MetadataResponse,
     ProduceRequest,
     ProduceResponse,
@@ -64,11 +83,16 @@ from proxy_thread import ThreadedProxy, close_writer
 
 PRODUCE = 0
 METADATA = 3
+API_VERSIONS = 18
 FIND_COORDINATOR = 10
+INIT_PRODUCER_ID = 22
+UNKNOWN_TOPIC_OR_PARTITION = 3
 NOT_LEADER_OR_FOLLOWER = 6
 
 _API_KEYS = {name: key for key, name in API_NAMES.items()}
 _I32 = struct.Struct(">i")
+_BATCH_LENGTH = struct.Struct(">i")   # at offset 8 of a record batch; the batch is 12 + length bytes
+_BATCH_RECORDS = struct.Struct(">i")  # the record count, at offset 57 of a v2 record batch
 
 LeaderFn = Callable[[str, int], int]
 
@@ -86,7 +110,7 @@ def _api_key(api: int | str | None) -> int | None:
 class _Fault:
     """One fault rule. ``None`` in a filter field matches anything."""
 
-    kind: str                     # "delay" | "lose" | "cut_before" | "error"
+    kind: str                     # "delay" | "lose" | "cut_before" | "error" | "fail_request" | "omit"
     api_key: int | None = None
     node_id: int | None = None
     topic: str | None = None
@@ -118,12 +142,21 @@ _DROP = object()
 _CUT = object()
 
 
+class _AnswerQueue(asyncio.Queue):
+    """A connection's answers in request order, and how many the client is still owed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.owed = 0
+
+
 @dataclass
 class _InFlight:
     info: RequestInfo
     future: asyncio.Future
     local_errors: list[tuple[str, int, int, str | None]] = field(default_factory=list)
     lose: _Fault | None = None
+    omitted: list[tuple[str, int]] = field(default_factory=list)  # partitions to leave out of the answer
 
 
 class KafkaProxy(ThreadedProxy):
@@ -158,7 +191,20 @@ class KafkaProxy(ThreadedProxy):
         self.produce_partitions: Counter[tuple[int, str, int]] = Counter()
         # what the proxy did: "not_leader", "injected_error", "lost_response", "cut_before", "delayed"
         self.events: Counter[str] = Counter()
+        # (topic, partition) -> records in the Produce batches forwarded to the broker
+        self.forwarded_records: Counter[tuple[str, int]] = Counter()
         self.connections_accepted = 0
+        # The most answers one client connection was owed at once (requests in flight on it, as the
+        # client sees them): proves a pipeline was full when a fault hit it.
+        self.max_outstanding = 0
+        # One entry per Produce request: (node_id, [(topic, partition, record-set bytes), ...])
+        self.produce_log: list[tuple[int, list[tuple[str, int, int]]]] = []
+        # Metadata views (see the module docstring): topic -> partitions shown; topics that look deleted.
+        self._partition_limits: dict[str, int] = {}
+        self._deleted_topics: set[str] = set()
+        self._version_caps: dict[int, int] = {}  # api key -> the highest version ApiVersions advertises
+        self._held: Counter[int] = Counter()  # api key -> responses held right now
+        self._release: dict[int, asyncio.Event] = {}  # api key -> what its held responses wait for (proxy loop)
 
     # ---------------------------------------------------------------- addresses
 
@@ -223,11 +269,71 @@ class KafkaProxy(ThreadedProxy):
         """Close the client connection when the next ``count`` matching requests arrive (not forwarded)."""
         self._add_fault(_Fault("cut_before", _api_key(api), node_id, topic, partition, remaining=count))
 
+    def hold_responses(self, *, api: int | str | None = None, node_id: int | None = None,
+                       count: int | None = 1) -> None:
+        """Hold the responses to the next ``count`` matching requests until :meth:`release_held`."""
+        self._add_fault(_Fault("delay", _api_key(api), node_id, remaining=count, delay=None))
+
+    def held(self, api: int | str | None = None) -> int:
+        """Responses (of ``api``, or of any) held right now by :meth:`hold_responses`: the client has not
+        received them, nor any later response on the same connection (answers come in order)."""
+        key = _api_key(api)
+        with self._lock:
+            return sum(n for k, n in self._held.items() if key in (None, k))
+
+    def release_held(self, api: int | str | None = None) -> None:
+        """Let the responses (of ``api``, or all) held so far go on; later ones wait for the next release."""
+        self.call_soon(self._release_now, _api_key(api))
+
+    def _release_now(self, api_key: int | None) -> None:
+        for key in [k for k in self._release if api_key in (None, k)]:
+            self._release.pop(key).set()
+
+    def cap_version(self, api: int | str, max_version: int) -> None:
+        """Advertise at most ``max_version`` of ``api`` in ApiVersions answers from now on (new
+        connections negotiate against it), as a broker of an older release would."""
+        with self._lock:
+            self._version_caps[_api_key(api)] = max_version
+
     def fail_produce(self, topic: str, partition: int, error_code: int, *, count: int | None = 1,
                      node_id: int | None = None, message: str | None = None) -> None:
         """Answer the next ``count`` Produce writes to ``topic``/``partition`` with ``error_code``."""
         self._add_fault(_Fault("error", PRODUCE, node_id, topic, partition, remaining=count,
                                error_code=error_code, error_message=message))
+
+    def fail_requests(self, api: int | str, error_code: int, *, count: int | None = 1,
+                      node_id: int | None = None) -> None:
+        """Answer the next ``count`` requests of ``api`` with ``error_code`` without forwarding them.
+
+        Only APIs whose error answer the proxy knows how to build: InitProducerId.
+        """
+        key = _api_key(api)
+        if key not in _ERROR_ANSWERS:
+            raise ValueError(f"fail_requests does not know how to answer {api!r}")
+        self._add_fault(_Fault("fail_request", key, node_id, remaining=count, error_code=error_code))
+
+    def omit_from_produce_response(self, topic: str, partition: int, *, count: int | None = 1,
+                                   node_id: int | None = None) -> None:
+        """Forward the next ``count`` Produce writes to ``topic``/``partition`` (the broker writes them) but
+        leave that partition out of the response (the rest of the response is delivered)."""
+        self._add_fault(_Fault("omit", PRODUCE, node_id, topic, partition, remaining=count))
+
+    def limit_partitions(self, topic: str, count: int | None) -> None:
+        """Metadata shows only partitions ``0..count-1`` of ``topic``; None shows them all again."""
+        with self._lock:
+            if count is None:
+                self._partition_limits.pop(topic, None)
+            else:
+                self._partition_limits[topic] = count
+
+    def delete_topic(self, topic: str) -> None:
+        """Make ``topic`` look deleted: Metadata says UNKNOWN_TOPIC_OR_PARTITION, Produce to it fails so."""
+        with self._lock:
+            self._deleted_topics.add(topic)
+
+    def restore_topic(self, topic: str) -> None:
+        with self._lock:
+            self._deleted_topics.discard(topic)
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -271,6 +377,9 @@ class KafkaProxy(ThreadedProxy):
             self.requests.clear()
             self.produce_partitions.clear()
             self.events.clear()
+            self.produce_log.clear()
+            self.max_outstanding = 0
+            self.forwarded_records.clear()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
         """Poll ``predicate`` (e.g. ``lambda: proxy.count("Produce") >= 2``) until true or timeout (sync)."""
@@ -305,11 +414,12 @@ class KafkaProxy(ThreadedProxy):
         # Responses must reach the client in request order. Each request that expects an answer puts
         # (future, delay) here as it arrives; the writer task awaits them in that order, whether the answer
         # comes from the broker or from the proxy itself.
-        order: asyncio.Queue = asyncio.Queue()
+        order = _AnswerQueue()
         inflight: dict[int, _InFlight] = {}
+        acks0_ids: set[int] = set()  # correlation ids of acks=0 Produce requests forwarded
         tasks = [
-            asyncio.ensure_future(self._client_to_broker(node_id, reader, writer, up_writer, order, inflight)),
-            asyncio.ensure_future(self._broker_to_proxy(node_id, up_reader, inflight)),
+            asyncio.ensure_future(self._client_to_broker(node_id, reader, writer, up_writer, order, inflight, acks0_ids)),
+            asyncio.ensure_future(self._broker_to_proxy(node_id, up_reader, inflight, acks0_ids)),
             asyncio.ensure_future(self._proxy_to_client(writer, order)),
         ]
         try:
@@ -329,7 +439,7 @@ class KafkaProxy(ThreadedProxy):
                 if not entry.future.done():
                     entry.future.cancel()
 
-    async def _client_to_broker(self, node_id, reader, writer, up_writer, order, inflight) -> None:
+    async def _client_to_broker(self, node_id, reader, writer, up_writer, order, inflight, acks0_ids) -> None:
         loop = asyncio.get_running_loop()
         while True:
             payload = await read_frame(reader)
@@ -350,23 +460,42 @@ class KafkaProxy(ThreadedProxy):
             if self._take_fault("cut_before", info.api_key, node_id, partitions):
                 self.events["cut_before"] += 1
                 return  # _handle closes both sides
+            omitted: list[tuple[str, int]] = []
+            local_answer = None
+            if info.api_key == PRODUCE and forward is not None and expects_response:
+                omitted = self._take_omissions(node_id, partitions)
+            elif info.api_key in _ERROR_ANSWERS:
+                failure = self._take_fault("fail_request", info.api_key, node_id)
+                if failure is not None:
+                    self.events["failed_request"] += 1
+                    forward = None
+                    local_answer = _ERROR_ANSWERS[info.api_key](failure.error_code)
             # Response faults are consumed only by requests that get a response (not acks=0 Produce).
             delay_rule = self._take_fault("delay", info.api_key, node_id, partitions) if expects_response else None
             delay = delay_rule.delay if delay_rule else 0.0
 
             future = loop.create_future()
             if forward is not None:
+                if info.api_key == PRODUCE and not expects_response:
+                    # Tansu answers some acks=0 Produce requests anyway; the client expects nothing.
+                    acks0_ids.add(info.correlation_id)
                 if expects_response:
-                    entry = _InFlight(info, future, local_errors)
+                    entry = _InFlight(info, future, local_errors, omitted=omitted)
                     entry.lose = self._take_fault("lose", info.api_key, node_id, partitions)
                     inflight[info.correlation_id] = entry
                 up_writer.write(frame(forward))
                 await up_writer.drain()
+            elif info.api_key != PRODUCE:
+                # A request answered by the proxy itself (fail_requests).
+                future.set_result(response_payload(info.correlation_id, info.response_header_version,
+                                                   local_answer.encode(info.api_version)))
             elif expects_response:
                 # Every partition was answered by the proxy: the broker never sees this request.
                 future.set_result(self._local_produce_response(info, local_errors))
             if expects_response:
-                order.put_nowait((future, delay))
+                order.put_nowait((future, delay, info.api_key))
+                order.owed += 1
+                self.max_outstanding = max(self.max_outstanding, order.owed)
 
     def _route_produce(self, node_id, info, payload):
         """Split a Produce between the broker and the proxy's own answers (injected errors, not leader)."""
@@ -374,25 +503,35 @@ class KafkaProxy(ThreadedProxy):
         partitions: list[tuple[str, int]] = []
         local: list[tuple[str, int, int, str | None]] = []
         kept_topics = []
+        logged = []
         for topic_data in request.topic_data:
             kept = []
             for part in topic_data.partition_data:
                 tp = (topic_data.name, part.index)
                 partitions.append(tp)
+                logged.append((*tp, len(part.records or b"")))
                 with self._lock:
                     self.produce_partitions[(node_id, *tp)] += 1
+                    deleted = tp[0] in self._deleted_topics
                 injected = self._take_fault("error", PRODUCE, node_id, [tp])
                 if injected is not None:
                     self.events["injected_error"] += 1
                     local.append((*tp, injected.error_code, injected.error_message))
+                elif deleted:
+                    self.events["deleted_topic"] += 1
+                    local.append((*tp, UNKNOWN_TOPIC_OR_PARTITION, "proxy: the topic was deleted"))
                 elif self.enforce_leadership and self.leader_for(*tp) != node_id:
                     self.events["not_leader"] += 1
                     local.append((*tp, NOT_LEADER_OR_FOLLOWER, "proxy: not the leader of this partition"))
                 else:
                     kept.append(part)
+                    with self._lock:
+                        self.forwarded_records[tp] += _record_count(part.records)
             if kept:
                 topic_data.partition_data = kept
                 kept_topics.append(topic_data)
+        with self._lock:
+            self.produce_log.append((node_id, logged))
         # acks=0: the broker sends no answer, so neither may we (even for partitions we refused).
         expects_response = request.acks != 0
         if not local:
@@ -403,15 +542,26 @@ class KafkaProxy(ThreadedProxy):
         rewritten = payload[:info.body_offset] + request.encode(info.api_version)
         return rewritten, local, partitions, expects_response
 
-    async def _broker_to_proxy(self, node_id, up_reader, inflight) -> None:
+    def _take_omissions(self, node_id, partitions) -> list[tuple[str, int]]:
+        """The partitions of this Produce whose results the response must leave out (omit rules)."""
+        return [tp for tp in partitions or () if self._take_fault("omit", PRODUCE, node_id, [tp]) is not None]
+
+    async def _broker_to_proxy(self, node_id, up_reader, inflight, acks0_ids) -> None:
         while True:
             payload = await read_frame(up_reader)
             if payload is None:
                 return
             (correlation_id,) = _I32.unpack_from(payload, 0)
             entry = inflight.pop(correlation_id, None)
+            if entry is None and correlation_id in acks0_ids:
+                # The broker answered an acks=0 Produce. The client sent it expecting no answer, and one
+                # would desynchronise its stream, so it is dropped here and counted (a broker quirk).
+                acks0_ids.discard(correlation_id)
+                self.events["acks0_answer_dropped"] += 1
+                continue
             if entry is None:
-                raise FrameError(f"broker answered unknown correlation id {correlation_id}")
+                # Not a frame error to shrug off: the proxy's picture of the stream is wrong.
+                raise RuntimeError(f"broker answered unknown correlation id {correlation_id}")
             if entry.lose is not None:
                 self.events["lost_response"] += 1
                 entry.future.set_result(_CUT if entry.lose.cut else _DROP)
@@ -420,25 +570,39 @@ class KafkaProxy(ThreadedProxy):
 
     async def _proxy_to_client(self, writer, order) -> None:
         while True:
-            future, delay = await order.get()
+            future, delay, api_key = await order.get()
             data = await future
-            if delay:
+            if delay is None:
+                self.events["held"] += 1
+                release = self._release.setdefault(api_key, asyncio.Event())
+                with self._lock:
+                    self._held[api_key] += 1
+                try:
+                    await release.wait()
+                finally:
+                    with self._lock:
+                        self._held[api_key] -= 1
+            elif delay:
                 self.events["delayed"] += 1
                 await asyncio.sleep(delay)
             if data is _DROP:
+                order.owed -= 1
                 continue
             if data is _CUT:
                 return  # _handle closes both sides
             writer.write(frame(data))
+            order.owed -= 1
             await writer.drain()
 
     # ---------------------------------------------------------------- response rewriting
 
     def _rewrite_response(self, entry: _InFlight, payload: bytes) -> bytes:
         info = entry.info
+        if info.api_key == API_VERSIONS:
+            return self._rewrite_api_versions(info, payload)
         if info.api_key not in (METADATA, FIND_COORDINATOR, PRODUCE):
             return payload
-        if info.api_key == PRODUCE and not entry.local_errors:
+        if info.api_key == PRODUCE and not entry.local_errors and not entry.omitted:
             return payload
         _, body_offset = decode_response_header(payload, info.response_header_version)
         body = memoryview(payload)[body_offset:]
@@ -448,8 +612,28 @@ class KafkaProxy(ThreadedProxy):
             message = self._rewrite_coordinator(FindCoordinatorResponse.decode(body, info.api_version))
         else:
             message = ProduceResponse.decode(body, info.api_version)
+            self._omit_partitions(message, entry.omitted)
             self._add_local_produce_errors(message, info, entry.local_errors)
         return bytes(payload[:body_offset]) + message.encode(info.api_version)
+
+    def _rewrite_api_versions(self, info, payload: bytes) -> bytes:
+        with self._lock:
+            caps = dict(self._version_caps)
+        if not caps:
+            return payload
+        _, body_offset = decode_response_header(payload, info.response_header_version)
+        try:
+            response = ApiVersionsResponse.decode(memoryview(payload)[body_offset:], info.api_version)
+        except Exception:  # noqa: BLE001 - an UNSUPPORTED_VERSION answer has a v0 body: pass it on as is
+            return payload
+        if response.error_code:
+            return payload
+        for entry in response.api_keys:
+            cap = caps.get(entry.api_key)
+            if cap is not None and entry.max_version > cap:
+                entry.max_version = cap
+                self.events["version_capped"] += 1
+        return bytes(payload[:body_offset]) + response.encode(info.api_version)
 
     def _rewrite_metadata(self, response, version):
         response.brokers = [
@@ -457,7 +641,16 @@ class KafkaProxy(ThreadedProxy):
             for node in self.node_ids
         ]
         response.controller_id = self.node_ids[0]
+        with self._lock:
+            limits = dict(self._partition_limits)
+            deleted = set(self._deleted_topics)
         for topic in response.topics:
+            if topic.name in deleted:
+                topic.error_code = UNKNOWN_TOPIC_OR_PARTITION
+                topic.partitions = []
+                continue
+            if topic.name in limits:
+                topic.partitions = [p for p in topic.partitions if p.partition_index < limits[topic.name]]
             for part in topic.partitions:
                 if part.leader_id < 0:
                     continue  # no leader (an error for this partition): leave it so
@@ -470,6 +663,14 @@ class KafkaProxy(ThreadedProxy):
                 part.isr_nodes = [leader]
                 part.offline_replicas = []
         return response
+
+    def _omit_partitions(self, response, omitted) -> None:
+        for tp in omitted:
+            self.events["omitted_partition"] += 1
+            for topic in response.responses:
+                if topic.name == tp[0]:
+                    topic.partition_responses = [p for p in topic.partition_responses if p.index != tp[1]]
+        response.responses = [t for t in response.responses if t.partition_responses]
 
     def _rewrite_coordinator(self, response):
         node = self.coordinator_node
@@ -516,3 +717,23 @@ class KafkaProxy(ThreadedProxy):
         self._add_local_produce_errors(response, info, local_errors)
         return response_payload(info.correlation_id, info.response_header_version,
                                 response.encode(info.api_version))
+
+
+def _record_count(records) -> int:
+    """Records in a Produce partition's ``records`` bytes (one or more v2 record batches)."""
+    if not records:
+        return 0
+    view = memoryview(records)
+    count = pos = 0
+    while pos + 61 <= len(view):
+        (length,) = _BATCH_LENGTH.unpack_from(view, pos + 8)
+        (count_here,) = _BATCH_RECORDS.unpack_from(view, pos + 57)
+        count += count_here
+        pos += 12 + length
+    return count
+
+
+# Error answers the proxy can give in place of the broker (fail_requests): api key -> error code -> message.
+_ERROR_ANSWERS: dict[int, Callable[[int], object]] = {
+    INIT_PRODUCER_ID: lambda code: InitProducerIdResponse(error_code=code, producer_id=-1, producer_epoch=-1),
+}
