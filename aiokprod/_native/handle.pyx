@@ -49,10 +49,11 @@ from aiokprod.metadata import RecordMetadata
 
 __all__ = ["BatchCompletion", "DeliveryHandle", "RecordMetadata"]
 
-# tuple.__new__(RecordMetadata, (...)) skips the NamedTuple's Python-level __new__ (a Python frame per
-# record); it builds the same object.
-cdef object _tuple_new = tuple.__new__
+# Results are built in place as tuples of this type (aiokprod_metadata_new below), skipping the NamedTuple's
+# Python-level __new__ (a Python frame per record): that needs a plain tuple subclass with no __dict__.
 cdef object _RecordMetadata = RecordMetadata
+if not issubclass(RecordMetadata, tuple) or RecordMetadata.__dictoffset__ != 0:
+    raise TypeError("RecordMetadata must be a tuple subclass without a __dict__")
 
 cdef extern from *:
     """
@@ -79,6 +80,40 @@ cdef object _capture_context():
 cdef inline object _context_for_call(object context):
     """The context to hand to loop.call_soon for a stored one."""
     return PyContext_New() if context is _EMPTY_CONTEXT else context
+
+
+cdef extern from *:
+    """
+    /* A RecordMetadata (a tuple subclass of 4 items, no __dict__) filled in place. */
+    static PyObject *aiokprod_metadata_new(PyObject *type, PyObject *topic, PyObject *partition,
+                                           long long offset, long long timestamp) {
+        PyTypeObject *tp = (PyTypeObject *)type;
+        PyObject *o, *off, *ts;
+        off = PyLong_FromLongLong(offset);
+        if (off == NULL)
+            return NULL;
+        ts = PyLong_FromLongLong(timestamp);
+        if (ts == NULL) {
+            Py_DECREF(off);
+            return NULL;
+        }
+        o = tp->tp_alloc(tp, 4);
+        if (o == NULL) {
+            Py_DECREF(off);
+            Py_DECREF(ts);
+            return NULL;
+        }
+        Py_INCREF(topic);
+        Py_INCREF(partition);
+        PyTuple_SET_ITEM(o, 0, topic);
+        PyTuple_SET_ITEM(o, 1, partition);
+        PyTuple_SET_ITEM(o, 2, off);
+        PyTuple_SET_ITEM(o, 3, ts);
+        return o;
+    }
+    """
+    object aiokprod_metadata_new(object type, object topic, object partition, long long offset,
+                                 long long timestamp)
 
 
 cdef enum:
@@ -245,7 +280,9 @@ cdef class BatchCompletion:
             offset = self._base_offset + index
         if timestamp == -1:  # -1: CreateTime topic, the record keeps its own timestamp
             timestamp = self._timestamps[index]
-        metadata = _tuple_new(_RecordMetadata, (self.topic, self.partition, offset, timestamp))
+        # What tuple.__new__(RecordMetadata, (topic, partition, offset, timestamp)) builds, without the
+        # argument tuple, the call and the copy.
+        metadata = aiokprod_metadata_new(_RecordMetadata, self.topic, self.partition, offset, timestamp)
         if type(self.partition) is int:
             # A str and ints in an immutable tuple with no __dict__: it can be on no reference cycle, but
             # the collector only untracks exact tuples by itself, and gathering N handles keeps N of these.
