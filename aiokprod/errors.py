@@ -17,6 +17,7 @@ The hierarchy::
     ├── KafkaConnectionError            the connection failed or closed (retriable)
     ├── KafkaTimeoutError               a client-side deadline passed (delivery, metadata wait, request);
     │   │                               retriable like Java's TimeoutException
+    │   ├── DeliveryTimeoutError        a record was not delivered within delivery_timeout_ms
     │   └── BufferExhaustedError        send() found no room in buffer_memory within max_block_ms
     │                                   (back-pressure; Java's BufferExhaustedException)
     ├── RecordTooLargeError             client-side: a record is larger than max_request_size /
@@ -70,6 +71,20 @@ class KafkaTimeoutError(KafkaError):
     """
 
     retriable = True
+
+
+class DeliveryTimeoutError(KafkaTimeoutError):
+    """A record was not delivered within ``delivery_timeout_ms`` (the sender expired its batch).
+
+    ``__cause__`` is the error of the batch's last attempt (None if it was never sent, or if it was in flight
+    with no answer yet). ``may_have_been_written`` is True when the last attempt got no answer, so the broker
+    may have written the record after all. ``attempts`` counts the requests that carried it.
+    """
+
+    topic: str | None = None
+    partition: int | None = None
+    attempts = 0
+    may_have_been_written = False
 
 
 class BufferExhaustedError(KafkaTimeoutError):

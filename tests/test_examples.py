@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import uvloop  # noqa: F401 - pinned in the test extra: the uvloop example runs, never skips
 
 from aiokprod.codec import key_partition
 
@@ -16,10 +17,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 TIMEOUT = 10  # each example takes ~0.5-2 s; the slack is for loaded CI machines
 
-try:
-    import uvloop  # noqa: F401
-except ImportError:
-    uvloop = None
 
 
 def run_example(name: str, *args: str) -> str:
@@ -60,7 +57,6 @@ def test_basic_producer(broker):
     assert dict((key, p) for _, key, p in keyed)["user-1"] == first, out
 
 
-@pytest.mark.skipif(uvloop is None, reason="uvloop not installed")
 def test_basic_producer_on_uvloop(broker):
     out = run_example("basic_producer.py", "--bootstrap", broker.bootstrap, "--uvloop")
     assert out.startswith("send_and_wait -> topic "), out

@@ -26,16 +26,16 @@ from libc.string cimport memcpy, memset
 
 from crc32c import crc32c as _crc32c
 
-from aiokprod._python.codec import Record, RecordBatch, decode_record_batches
 from aiokprod.compression import codec_id, compress
 from aiokprod.errors import CorruptRecordError
 
 __all__ = (
     "crc32c", "murmur2", "key_partition",
     "encode_varint", "encode_uvarint", "decode_varint", "decode_uvarint", "size_of_varint", "size_of_uvarint",
-    "record_size_upper_bound", "RecordBatchBuilder", "RecordBatch", "Record", "decode_record_batches",
-    "BATCH_HEADER_SIZE", "RECORD_OVERHEAD_MAX",
+    "record_size_upper_bound", "RecordBatchBuilder", "BATCH_HEADER_SIZE", "RECORD_OVERHEAD_MAX",
 )
+# No record decoder here: the one decoder is Python (aiokprod._python.codec), shared by both
+# implementations through aiokprod.codec. See there for why.
 
 # Batch header, big-endian (61 bytes), back-patched by build():
 #   0 baseOffset int64        8 batchLength int32 (bytes after this field)   12 partitionLeaderEpoch int32
