@@ -261,6 +261,26 @@ async def test_await_outside_a_task_protocol(hm):
     assert stop.value.value == RecordMetadata("t", 2, 3, 1000)
 
 
+async def test_await_iterator_send_throw_like_a_generator(hm):
+    """send()/throw() on what __await__ returns behave as on the Python twin's generator."""
+    completion, (h, h2) = _batch(hm, asyncio.get_running_loop(), n=2)
+    it = h.__await__()
+    with pytest.raises(TypeError, match="just-started"):
+        it.send(3)
+    assert next(it) is h
+    completion.resolve(7)
+    await _turn()
+    with pytest.raises(StopIteration) as stop:
+        it.send("ignored once started")
+    assert stop.value.value == RecordMetadata("t", 2, 7, 1000)
+    with pytest.raises(StopIteration) as stop:
+        next(it)
+    assert stop.value.value is None
+    it = h2.__await__()
+    with pytest.raises(KeyError):
+        it.throw(KeyError("raised where the handle is awaited"))
+
+
 def test_run_until_complete_on_both_loops(hm):
     factories = [asyncio.new_event_loop] + ([uvloop.new_event_loop] if uvloop else [])
     for factory in factories:

@@ -604,6 +604,7 @@ cdef class _HandleAwait:
     """
 
     cdef DeliveryHandle _handle   # None once finished
+    cdef bint _started            # a step was taken (a generator that is no longer "just started")
     cdef bint _yielded
 
     def __iter__(self):
@@ -626,8 +627,9 @@ cdef class _HandleAwait:
         raise StopIteration(value)
 
     def send(self, value):
-        if value is not None:
-            raise TypeError("can't send non-None value to a DeliveryHandle awaiter")
+        # As the Python twin's generator: a value is refused before the first step, ignored after it.
+        if value is not None and not self._started:
+            raise TypeError("can't send non-None value to a just-started generator")
         return self.__next__()
 
     def throw(self, typ, val=None, tb=None):
@@ -651,6 +653,7 @@ cdef int _await_step(_HandleAwait self, PyObject** out) except -1:
     raises, or RuntimeError if resumed before the handle is done (not driven by a Task)."""
     cdef DeliveryHandle handle = self._handle
     cdef object value
+    self._started = True
     if handle is None:
         value = None  # finished already: an exhausted iterator returns nothing more
     elif not (handle._cancelled or handle._completion._state == _DONE):
@@ -673,14 +676,17 @@ cdef int _await_step(_HandleAwait self, PyObject** out) except -1:
 cdef extern from *:
     """
     typedef int (*aiokprod_await_step_t)(PyObject *, PyObject **);
+    typedef int (*aiokprod_await_started_t)(PyObject *);
     static aiokprod_await_step_t aiokprod_await_step = NULL;
+    static aiokprod_await_started_t aiokprod_await_started = NULL;
 
     /* am_send: PYGEN_NEXT to yield *result, PYGEN_RETURN to return it, PYGEN_ERROR with an exception set. */
     static PySendResult aiokprod_await_am_send(PyObject *self, PyObject *arg, PyObject **result) {
         int step;
         *result = NULL;
-        if (arg != Py_None) {
-            PyErr_SetString(PyExc_TypeError, "can't send non-None value to a DeliveryHandle awaiter");
+        if (arg != Py_None && !aiokprod_await_started(self)) {
+            /* as send(): a value is refused before the first step, ignored after it (a Task sends None) */
+            PyErr_SetString(PyExc_TypeError, "can't send non-None value to a just-started generator");
             return PYGEN_ERROR;
         }
         step = aiokprod_await_step(self, result);
@@ -691,19 +697,26 @@ cdef extern from *:
         return step == 0 ? PYGEN_NEXT : PYGEN_RETURN;
     }
 
-    static int aiokprod_install_am_send(PyTypeObject *type, aiokprod_await_step_t step) {
+    static int aiokprod_install_am_send(PyTypeObject *type, aiokprod_await_step_t step,
+                                        aiokprod_await_started_t started) {
         if (type->tp_as_async == NULL) {
             PyErr_SetString(PyExc_RuntimeError, "_HandleAwait has no async slots to install am_send in");
             return -1;
         }
         aiokprod_await_step = step;
+        aiokprod_await_started = started;
         ((PyAsyncMethods *)type->tp_as_async)->am_send = aiokprod_await_am_send;
         PyType_Modified(type);
         return 0;
     }
     """
     ctypedef int (*aiokprod_await_step_t)(object, PyObject**) except -1
-    int aiokprod_install_am_send(type cls, aiokprod_await_step_t step) except -1
+    ctypedef int (*aiokprod_await_started_t)(object) noexcept
+    int aiokprod_install_am_send(type cls, aiokprod_await_step_t step, aiokprod_await_started_t started) except -1
 
 
-aiokprod_install_am_send(_HandleAwait, <aiokprod_await_step_t>_await_step)
+cdef int _await_started(_HandleAwait self) noexcept:
+    return self._started
+
+
+aiokprod_install_am_send(_HandleAwait, <aiokprod_await_step_t>_await_step, <aiokprod_await_started_t>_await_started)
