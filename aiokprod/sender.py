@@ -69,6 +69,8 @@ class ProducerIdentity:
 class Sender:
     def __init__(self, config, cluster, accumulator, metrics, on_fatal=lambda: None,
                  on_abandoned=lambda count: None) -> None:
+        from .connection import RESPONSE_CLASSES
+
         self.config = config
         self.cluster = cluster
         self.accumulator = accumulator
