@@ -7,6 +7,7 @@ is never exceeded, blocked senders get through in FIFO order, and cancelling the
 from __future__ import annotations
 
 import asyncio
+import enum
 
 import pytest
 
@@ -101,6 +102,65 @@ async def test_partitioner_out_of_range_is_refused(broker, topic_name):
         with pytest.raises(ValueError, match=topic_name):
             await producer.send(topic_name, value=b"v")
         await _still_usable(producer, topic_name)
+
+
+# Each bad argument once where send()'s fast path would otherwise take the record (an open batch on the
+# partition, or on the sticky one for keyless records): it must decline, and the general path refuse by name.
+BAD_ARGUMENTS = [
+    ("timestamp negative", dict(timestamp_ms=-5), ValueError, r"timestamp_ms for topic '.*' must be >= 0 .*got -5"),
+    ("timestamp int64 overflow", dict(timestamp_ms=1 << 63), ValueError, r"timestamp_ms .*does not fit .*int64"),
+    ("timestamp str", dict(timestamp_ms="1700000000000"), TypeError,
+     r"timestamp_ms for topic '.*' must be an int or None, got str '1700000000000'"),
+    ("timestamp float", dict(timestamp_ms=1.7e12), TypeError, r"timestamp_ms .*got float 1700000000000.0"),
+    ("timestamp bool", dict(timestamp_ms=True), TypeError, r"timestamp_ms .*got bool True"),
+    ("partition str", dict(partition="0"), TypeError, r"partition for topic '.*' must be an int or None, got str '0'"),
+    ("partition float", dict(partition=0.0), TypeError, r"partition .*got float 0.0"),
+    ("partition bool", dict(partition=False), TypeError, r"partition .*got bool False"),
+    ("headers not a list", dict(headers={"k": b"v"}), TypeError,
+     r"headers for topic '.*' must be a list or tuple of \(str, bytes \| None\) pairs, got dict"),
+    ("header value int", dict(headers=[("ok", b"1"), ("k", 5)]), TypeError, r"headers\[1\] .*\('k', 5\)"),
+    ("header not a pair", dict(headers=[("k",)]), TypeError, r"headers\[0\] .*\('k',\)"),
+    ("header key int", dict(headers=[(7, b"v")]), TypeError, r"headers\[0\] .*\(7, b'v'\): header key"),
+]
+
+
+@pytest.mark.parametrize("keyless", [False, True], ids=["partition-0", "keyless"])
+async def test_bad_arguments_are_refused_by_name_and_nothing_is_written(broker, topic_name, keyless):
+    good = dict(timestamp_ms=1_700_000_000_000) if keyless else dict(partition=0, timestamp_ms=1_700_000_000_000)
+    async with Producer(broker.bootstrap, linger_ms=60_000) as producer:
+        n = len(await producer.partitions_for(topic_name))
+        sent = [b"good"]
+        partition = (await producer.send(topic_name, sent[0], **good)).completion.partition
+        for name, bad, error, message in BAD_ARGUMENTS:
+            if keyless and "partition" in bad:
+                continue
+            # The fast path would take a plain record right now: the partition's batch is open.
+            assert producer._appender.open_batch(topic_name, partition) is not None
+            with pytest.raises(error, match=message):
+                await producer.send(topic_name, b"bad: " + name.encode(), **{**good, **bad})
+            sent.append(b"good after " + name.encode())
+            await producer.send(topic_name, sent[-1], **good)
+        await asyncio.wait_for(producer.flush(), NO_HANG)
+        assert producer.metrics()["buffer_used_bytes"] == 0
+    stored = await read_back_async(broker.bootstrap, topic_name, range(n), len(sent))
+    assert [s.value for s in stored] == sent  # one partition, in order; no refused record among them
+    assert {(s.partition, s.timestamp) for s in stored} == {(partition, 1_700_000_000_000)}
+
+
+async def test_integer_types_are_taken_for_partition_and_timestamp(broker, topic_name):
+    """Int subclasses (and other operator.index types) are taken as their value; only bool is refused."""
+    class Partition(enum.IntEnum):
+        THIRD = 2
+
+    class Millis(int):
+        pass
+
+    async with Producer(broker.bootstrap, linger_ms=1) as producer:
+        meta = await producer.send_and_wait(topic_name, b"v", partition=Partition.THIRD,
+                                            timestamp_ms=Millis(1_700_000_000_123))
+    assert meta.partition == 2 and meta.timestamp == 1_700_000_000_123
+    stored = await read_back_async(broker.bootstrap, topic_name, [2], 1)
+    assert [(s.partition, s.value, s.timestamp) for s in stored] == [(2, b"v", 1_700_000_000_123)]
 
 
 async def test_send_after_stop(broker, topic_name):
