@@ -85,7 +85,9 @@ class Sender:
         # Called with the number of records never delivered when our task is cancelled by someone other
         # than close(): the event loop is ending (asyncio.run cancels every task) without stop().
         self.on_abandoned = on_abandoned
-        self._produce_response = None if self.acks == 0 else RESPONSE_CLASSES[ProduceRequest.API_KEY]
+        # The hand-written reader: a third of the generated decoder's cost, once per request.
+        from .protocol.produce import ProduceResponseReader
+        self._produce_response = None if self.acks == 0 else ProduceResponseReader
         self._wakeup: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
         # InitProducerId in flight (a task, so that the loop never waits for it) and when it may be retried.
