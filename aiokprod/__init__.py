@@ -1,5 +1,5 @@
 """aiokprod: an asyncio-native Apache Kafka producer with a compiled hot path."""
-from .config import ConfigError, ProducerConfig
+from .config import ConfigError, ProducerConfig, ProducerSettings
 from .interceptors import ProducerInterceptor, ProducerRecord
 from .metadata import RecordMetadata
 from .partitioner import DefaultPartitioner, RoundRobinPartitioner
@@ -9,5 +9,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "DefaultPartitioner", "Producer", "ProducerConfig", "ProducerInterceptor", "ProducerRecord",
-    "RecordMetadata", "RoundRobinPartitioner", "__version__",
+    "ProducerSettings", "RecordMetadata", "RoundRobinPartitioner", "__version__",
 ]

@@ -12,7 +12,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import ssl
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, TypedDict
+
+if TYPE_CHECKING:  # annotations only: config stays below the modules that use it
+    from aiokprod.interceptors import ProducerInterceptor
+    from aiokprod.partitioner import Partitioner
 
 COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -24,6 +28,48 @@ DEFAULT_DELIVERY_TIMEOUT_MS = 120000
 
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
+
+
+class ProducerSettings(TypedDict, total=False):
+    """The keywords of ``Producer(bootstrap_servers, **settings)``, for type checkers: every init field of
+    :class:`ProducerConfig` but ``bootstrap_servers`` (Producer's own first parameter; a TypedDict key may not
+    repeat a parameter's name). Types are the ones validate() accepts, stated for a caller: where a field is
+    ``Any`` in the dataclass (it holds the raw value before validation), the accepted forms are spelled out.
+    ``tests/test_config.py`` checks the keys against the dataclass's fields, so the two cannot drift."""
+
+    client_id: str
+    acks: int | Literal["all"]  # 0, 1, -1 or "all" (= -1)
+    compression_type: Optional[str]  # one of COMPRESSION_TYPES; None = "none"
+    compression_level: Optional[int]
+    batch_size: int
+    linger_ms: float
+    max_request_size: int
+    buffer_memory: int
+    max_block_ms: int
+    request_timeout_ms: int
+    retry_backoff_ms: int
+    retry_backoff_max_ms: int
+    delivery_timeout_ms: Optional[int]
+    retries: Optional[int]
+    enable_idempotence: Optional[bool]
+    max_in_flight_requests_per_connection: int
+    metadata_max_age_ms: int
+    allow_auto_create_topics: bool
+    # None/"default"/"murmur2", "round_robin", a Partitioner object or fn(topic, key, partitions) -> int.
+    partitioner: Optional[str | Partitioner | Callable[[str, Optional[bytes], list[int]], int]]
+    key_serializer: Optional[Callable[[Any], bytes]]
+    value_serializer: Optional[Callable[[Any], bytes]]
+    interceptors: Sequence[ProducerInterceptor]
+    transactional_id: Optional[str]
+    transaction_timeout_ms: int
+    security_protocol: str
+    ssl_context: Optional[ssl.SSLContext]
+    sasl_mechanism: Optional[str]
+    sasl_plain_username: Optional[str]
+    sasl_plain_password: Optional[str]
+    connections_max_idle_ms: int
+    socket_connection_setup_timeout_ms: int
+    stop_timeout_ms: int
 
 
 @dataclasses.dataclass

@@ -10,6 +10,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from types import TracebackType
+from typing import IO
 
 
 class BrokerStartError(RuntimeError):
@@ -19,7 +21,8 @@ class BrokerStartError(RuntimeError):
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # getsockname() is typed Any: an (address, port) pair for AF_INET
+        return port
 
 
 def broker_binary() -> str:
@@ -46,12 +49,14 @@ class EmbeddedBroker:
     ``advertised_port`` lets a proxy sit in front: the broker then tells clients to connect to the proxy.
     """
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", advertised_port: int | None = None):
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", advertised_port: int | None = None
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.advertised_port = advertised_port or self.port
-        self._process: subprocess.Popen | None = None
-        self._log = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -100,7 +105,7 @@ class EmbeddedBroker:
                 self._log = None
 
     @staticmethod
-    def _stop_process(process) -> None:
+    def _stop_process(process: subprocess.Popen[bytes]) -> None:
         if process.poll() is None:
             process.terminate()
             try:
@@ -125,5 +130,7 @@ class EmbeddedBroker:
     def __enter__(self) -> "EmbeddedBroker":
         return self.start()
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

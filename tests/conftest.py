@@ -33,14 +33,23 @@ def pytest_sessionstart(session):
         )
 
 
+# ``AIOKPROD_TEST_LOOPS=asyncio`` runs async tests on that loop only: the README's test command uses it for the
+# pure-Python twins' pass, whose code paths do not depend on the loop (the compiled pass covers both loops);
+# it keeps CI's time within bounds on 2 cores.
+_LOOPS = [name.strip() for name in os.environ.get("AIOKPROD_TEST_LOOPS", "asyncio,uvloop").split(",") if name.strip()]
+
+
 def pytest_asyncio_loop_factories(config, item):
     """Every async test runs once on asyncio's loop and once on uvloop's (one of them, for a test marked
-    ``one_loop_per_implementation``)."""
+    ``one_loop_per_implementation``; or those named in AIOKPROD_TEST_LOOPS)."""
     factories = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
     if item.get_closest_marker("one_loop_per_implementation") is not None:
         name = "asyncio" if _impl.NO_EXTENSIONS else "uvloop"
-        factories = {name: factories[name]}
-    return factories
+        return {name: factories[name]}
+    unknown = set(_LOOPS) - set(factories)
+    if unknown or not _LOOPS:
+        raise pytest.UsageError(f"AIOKPROD_TEST_LOOPS names no known loop: {os.environ.get('AIOKPROD_TEST_LOOPS')!r}")
+    return {name: factories[name] for name in _LOOPS}
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 
 from aiokprod import Producer
-from aiokprod.config import DOTTED_NAMES, ConfigError, ProducerConfig
+import dataclasses
+
+from aiokprod.config import DOTTED_NAMES, ConfigError, ProducerConfig, ProducerSettings
 
 
 def test_defaults():
@@ -187,3 +189,24 @@ def test_defaulted_delivery_timeout_is_raised_to_linger_plus_request_timeout():
 def test_delivery_timeout_must_be_a_positive_int(value):
     with pytest.raises(ConfigError, match=r"delivery_timeout_ms must be an int >= 1"):
         ProducerConfig(delivery_timeout_ms=value)
+
+
+def test_producer_settings_names_every_init_field_of_the_config():
+    # ProducerSettings types Producer's **config keywords; bootstrap_servers is Producer's own parameter.
+    init_fields = {f.name for f in dataclasses.fields(ProducerConfig) if f.init}
+    assert set(ProducerSettings.__annotations__) == init_fields - {"bootstrap_servers"}
+    assert ProducerSettings.__required_keys__ == frozenset()  # every keyword has a default
+
+
+def test_producer_settings_types_match_the_config_where_the_config_is_precise():
+    # Where the dataclass holds the raw value as Any (acks, partitioner, interceptors, ...) the TypedDict
+    # spells out the accepted forms; elsewhere the two must say the same (annotations are strings here).
+    fields = {f.name: f.type for f in dataclasses.fields(ProducerConfig) if f.init}
+    compared = 0
+    for name, annotation in ProducerSettings.__annotations__.items():
+        if "Any" in fields[name]:
+            continue
+        # TypedDict wraps string annotations in ForwardRef; the dataclass keeps the string.
+        assert annotation.__forward_arg__ == fields[name], name
+        compared += 1
+    assert compared >= 25

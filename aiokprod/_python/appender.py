@@ -9,11 +9,26 @@ both twins through the same tests and against ``send()``'s general path.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from time import time as _time
+from typing import TYPE_CHECKING, Any
 
-from aiokprod.codec import BATCH_HEADER_SIZE, RECORD_OVERHEAD_MAX, key_partition, record_size_upper_bound
+from aiokprod.codec import (
+    BATCH_HEADER_SIZE,
+    RECORD_OVERHEAD_MAX,
+    RecordBatchBuilder,
+    key_partition,
+    record_size_upper_bound,
+)
+
+if TYPE_CHECKING:
+    from aiokprod.handle import BatchCompletion, DeliveryHandle
 
 __all__ = ["RecordAppender"]
+
+# The accumulator's batches and their per-partition queues are typed Any here, as in the compiled twin's stub
+# (aiokprod/_native/appender.pyi): the appender reads ``topic``, ``partition``, ``builder`` and ``completion``
+# of a batch and the queue's tail, and both belong to the accumulator.
 
 _FIXED_SIZE = BATCH_HEADER_SIZE + RECORD_OVERHEAD_MAX + 1
 _INT64_MAX = (1 << 63) - 1
@@ -32,22 +47,22 @@ def _length_varint_size(n: int) -> int:
 class _OpenBatch:
     __slots__ = ("batches", "batch", "builder", "completion")
 
-    def __init__(self, batches, batch) -> None:
+    def __init__(self, batches: Any, batch: Any) -> None:
         self.batches = batches
         self.batch = batch
-        self.builder = batch.builder
-        self.completion = batch.completion
+        self.builder: RecordBatchBuilder = batch.builder
+        self.completion: BatchCompletion = batch.completion
 
 
 class _Topic:
     __slots__ = ("info", "num_partitions", "sticky", "sticky_bytes", "open")
 
     def __init__(self) -> None:
-        self.info = None
+        self.info: Any = None  # the cluster's TopicInfo num_partitions was read from (None: not yet)
         self.num_partitions = 0
         self.sticky = -1
         self.sticky_bytes = 0
-        self.open: list = []
+        self.open: list[_OpenBatch | None] = []
 
 
 class RecordAppender:
@@ -56,17 +71,18 @@ class RecordAppender:
     __slots__ = ("enabled", "own_partitioner", "batch_size", "_metadata", "_waiters", "_max_record_size",
                  "_topics", "_randrange")
 
-    def __init__(self, batch_size: int = 16384, rng=None) -> None:
+    def __init__(self, batch_size: int = 16384, rng: random.Random | None = None) -> None:
         self.batch_size = batch_size
         self.enabled = False
         self.own_partitioner = False
-        self._metadata: dict = {}
-        self._waiters = ()
+        self._metadata: dict[str, Any] = {}
+        self._waiters: Sequence[Any] = ()
         self._max_record_size = 0
         self._topics: dict[str, _Topic] = {}
         self._randrange = (random.Random() if rng is None else rng).randrange
 
-    def bind(self, metadata, waiters, max_record_size, own_partitioner) -> None:
+    def bind(self, metadata: dict[str, Any], waiters: Sequence[Any], max_record_size: int,
+             own_partitioner: bool) -> None:
         if type(metadata) is not dict:
             raise TypeError("metadata must be the cluster's dict of TopicInfo")
         self._metadata = metadata
@@ -81,7 +97,9 @@ class RecordAppender:
         return state
 
     # -- the fast path ------------------------------------------------------------------------------------
-    def append(self, topic, value, key, partition, timestamp_ms, headers):
+    def append(self, topic: str, value: bytes | None, key: bytes | None, partition: int | None,
+               timestamp_ms: int | None, headers: Sequence[tuple[str | bytes, bytes | None]] | None,
+               ) -> DeliveryHandle | None:
         if not self.enabled or type(topic) is not str:
             return None
         state = self._topics.get(topic)
@@ -111,7 +129,7 @@ class RecordAppender:
         if partition is None:
             if not self.own_partitioner:
                 return None
-            if klen >= 0:
+            if key is not None:  # klen >= 0
                 p = key_partition(key, n)
             else:
                 p = state.sticky
@@ -183,7 +201,7 @@ class RecordAppender:
             state.sticky = choice if choice < partition else choice + 1
 
     # -- open batches (maintained by RecordAccumulator) ---------------------------------------------------
-    def batch_opened(self, batches, batch) -> None:
+    def batch_opened(self, batches: Any, batch: Any) -> None:
         state = self._topic(batch.topic)
         partition = batch.partition.__index__()
         if partition < 0:
@@ -193,7 +211,7 @@ class RecordAppender:
             open_batches.append(None)
         open_batches[partition] = _OpenBatch(batches, batch)
 
-    def batch_closed(self, batch) -> None:
+    def batch_closed(self, batch: Any) -> None:
         state = self._topics.get(batch.topic)
         if state is None:
             return
@@ -203,13 +221,13 @@ class RecordAppender:
             if slot is not None and slot.batch is batch:
                 state.open[partition] = None
 
-    def sticky_state(self, topic: str):
+    def sticky_state(self, topic: str) -> tuple[int, int] | None:
         state = self._topics.get(topic)
         if state is None or state.sticky < 0:
             return None
         return (state.sticky, state.sticky_bytes)
 
-    def open_batch(self, topic: str, partition: int):
+    def open_batch(self, topic: str, partition: int) -> Any:
         state = self._topics.get(topic)
         if state is None or not 0 <= partition < len(state.open):
             return None

@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import operator
 import struct
+from collections.abc import Callable, Sequence
 
-from crc32c import crc32c as _crc32c
+from crc32c import crc32c as _crc32c_untyped
 
 from aiokprod.compression import CODEC_NAMES, CODEC_NONE, codec_id, compress, decompress
 from aiokprod.errors import CorruptRecordError
+
+# The types of the compiled twin's stub (aiokprod/_native/codec.pyi): both twins have one API.
+_BytesLike = bytes | bytearray | memoryview
+_Header = tuple[str | bytes, _BytesLike | None]
+_Headers = Sequence[_Header] | None
+# The built batch's identity: (base_offset, producer_id, producer_epoch, base_sequence, transactional, count).
+_BuildKey = tuple[int, int, int, int, bool, int]
+
+# The crc32c package ships no type information; the name is rebound once with its type, so calls cost nothing.
+_crc32c: Callable[[_BytesLike], int] = _crc32c_untyped
 
 __all__ = (
     "crc32c", "murmur2", "key_partition",
@@ -45,14 +56,14 @@ _UINT64_MAX = (1 << 64) - 1
 _MASK64 = _UINT64_MAX
 
 
-def crc32c(data) -> int:
+def crc32c(data: _BytesLike) -> int:
     """CRC-32C (Castagnoli) of a bytes-like object, by the ``crc32c`` package's C code."""
     return _crc32c(data)
 
 
 # --- murmur2 ------------------------------------------------------------------------------------------
 
-def murmur2(data) -> int:
+def murmur2(data: _BytesLike) -> int:
     """The Java client's murmur2 (seed 0x9747b28c), as a signed 32-bit int like Java's ``int``.
 
     Java works on signed ints with wrapping multiplication and ``>>>``; unsigned 32-bit arithmetic gives the
@@ -87,7 +98,7 @@ def murmur2(data) -> int:
     return h - (1 << 32) if h & 0x80000000 else h
 
 
-def key_partition(key, num_partitions: int) -> int:
+def key_partition(key: _BytesLike, num_partitions: int) -> int:
     """The Java default partitioner for a keyed record: ``(murmur2(key) & 0x7fffffff) % num_partitions``."""
     num_partitions = operator.index(num_partitions)
     if num_partitions <= 0:
@@ -99,14 +110,14 @@ def key_partition(key, num_partitions: int) -> int:
 # Unsigned LEB128: 7 bits per byte, least significant group first, high bit = "more follows".
 # Signed values are zig-zag mapped first ((v << 1) ^ (v >> 63)) so small negatives stay short.
 
-def _check_int64(value) -> int:
+def _check_int64(value: int) -> int:
     value = operator.index(value)
     if not _INT64_MIN <= value <= _INT64_MAX:
         raise OverflowError(f"{value} does not fit a signed 64-bit varint")
     return value
 
 
-def _check_uint64(value) -> int:
+def _check_uint64(value: int) -> int:
     value = operator.index(value)
     if not 0 <= value <= _UINT64_MAX:
         raise OverflowError(f"{value} does not fit an unsigned 64-bit varint")
@@ -126,7 +137,7 @@ def _zigzag(value: int) -> int:
     return ((value << 1) ^ (value >> 63)) & _MASK64
 
 
-def _write(buf, pos: int, encoded: bytes) -> int:
+def _write(buf: bytearray, pos: int, encoded: bytes) -> int:
     if not isinstance(buf, bytearray):
         raise TypeError(f"buf must be a bytearray, not {type(buf).__name__}")
     pos = operator.index(pos)
@@ -149,7 +160,7 @@ def encode_uvarint(buf: bytearray, pos: int, value: int) -> int:
     return _write(buf, pos, _uvarint_bytes(_check_uint64(value)))
 
 
-def decode_uvarint(data, pos: int) -> tuple[int, int]:
+def decode_uvarint(data: _BytesLike, pos: int) -> tuple[int, int]:
     """Read an unsigned varint at ``data[pos]``: ``(value, new_pos)``. CorruptRecordError if truncated or
     longer than 10 bytes. Bits beyond 64 in a 10th byte are dropped, as Java's ByteUtils does."""
     pos = operator.index(pos)
@@ -158,7 +169,7 @@ def decode_uvarint(data, pos: int) -> tuple[int, int]:
     return _uvarint_at(data, pos, len(data))
 
 
-def _uvarint_at(data, pos: int, end: int) -> tuple[int, int]:
+def _uvarint_at(data: _BytesLike, pos: int, end: int) -> tuple[int, int]:
     # ``end`` bounds the read so a record's fields cannot run into the next record.
     result = 0
     shift = 0
@@ -176,13 +187,13 @@ def _uvarint_at(data, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def decode_varint(data, pos: int) -> tuple[int, int]:
+def decode_varint(data: _BytesLike, pos: int) -> tuple[int, int]:
     """Read a zig-zag signed varint at ``data[pos]``: ``(value, new_pos)``."""
     u, pos = decode_uvarint(data, pos)
     return (u >> 1) ^ -(u & 1), pos
 
 
-def _varint_at(data, pos: int, end: int) -> tuple[int, int]:
+def _varint_at(data: _BytesLike, pos: int, end: int) -> tuple[int, int]:
     u, pos = _uvarint_at(data, pos, end)
     return (u >> 1) ^ -(u & 1), pos
 
@@ -202,7 +213,7 @@ def size_of_varint(value: int) -> int:
 
 # --- records ------------------------------------------------------------------------------------------
 
-def _as_buffer(obj, field: str):
+def _as_buffer(obj: _BytesLike | None, field: str) -> tuple[_BytesLike | None, int]:
     """``(buffer, length)`` for a bytes-like field; ``(None, -1)`` for None; TypeError naming the field."""
     if obj is None:
         return None, -1
@@ -213,12 +224,12 @@ def _as_buffer(obj, field: str):
     except TypeError:
         raise TypeError(f"{field} must be bytes-like or None, not {type(obj).__name__}") from None
     if not view.c_contiguous:
-        view = view.tobytes()
-        return view, len(view)
+        copy = view.tobytes()
+        return copy, len(copy)
     return view, view.nbytes
 
 
-def _header_key(key) -> bytes:
+def _header_key(key: str | _BytesLike) -> bytes:
     if isinstance(key, str):
         return key.encode("utf-8")
     if isinstance(key, (bytes, bytearray, memoryview)):
@@ -226,7 +237,7 @@ def _header_key(key) -> bytes:
     raise TypeError(f"header key must be str or bytes, not {type(key).__name__}")
 
 
-def _encode_headers(headers) -> tuple[int, list]:
+def _encode_headers(headers: _Headers) -> tuple[int, list[bytes]]:
     """Headers as ``(count, [bytes pieces...])``: headersCount varint, then per header
     keyLength varint, key (UTF-8), valueLength varint (-1 = null), value."""
     if headers is None:
@@ -252,7 +263,7 @@ def _encode_headers(headers) -> tuple[int, list]:
     return len(headers), pieces
 
 
-def record_size_upper_bound(key, value, headers) -> int:
+def record_size_upper_bound(key: _BytesLike | None, value: _BytesLike | None, headers: _Headers) -> int:
     """Most bytes one record with these fields can take in a batch, plus the 61-byte batch header."""
     _, klen = _as_buffer(key, "key")
     _, vlen = _as_buffer(value, "value")
@@ -263,7 +274,7 @@ def record_size_upper_bound(key, value, headers) -> int:
     return size
 
 
-def _check_int(value, bits: int, name: str) -> int:
+def _check_int(value: int, bits: int, name: str) -> int:
     value = operator.index(value)
     limit = 1 << (bits - 1)
     if not -limit <= value < limit:
@@ -277,7 +288,9 @@ class RecordBatchBuilder:
     __slots__ = ("_codec", "_level", "_batch_size", "_buf", "_count", "_first_ts", "_max_ts",
                  "_payload", "_payload_count", "_built", "_built_key")
 
-    def __init__(self, compression: str = "none", batch_size: int = 16384, compression_level: int | None = None):
+    def __init__(
+        self, compression: str = "none", batch_size: int = 16384, compression_level: int | None = None
+    ) -> None:
         self._codec = codec_id(compression)
         self._batch_size = operator.index(batch_size)
         self._level = None if compression_level is None else operator.index(compression_level)
@@ -285,10 +298,10 @@ class RecordBatchBuilder:
         self._count = 0
         self._first_ts = 0
         self._max_ts = 0
-        self._payload = None  # compressed records, valid while _payload_count == _count
+        self._payload: bytes | None = None  # compressed records, valid while _payload_count == _count
         self._payload_count = -1
-        self._built = None  # last build() result, valid for _built_key
-        self._built_key = None
+        self._built: bytes | None = None  # last build() result, valid for _built_key
+        self._built_key: _BuildKey | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -299,14 +312,16 @@ class RecordBatchBuilder:
         return len(self._buf)
 
     @property
-    def first_timestamp(self):
+    def first_timestamp(self) -> int | None:
         return self._first_ts if self._count else None
 
     @property
-    def max_timestamp(self):
+    def max_timestamp(self) -> int | None:
         return self._max_ts if self._count else None
 
-    def append(self, timestamp_ms: int, key, value, headers=None) -> bool:
+    def append(
+        self, timestamp_ms: int, key: _BytesLike | None, value: _BytesLike | None, headers: _Headers = None
+    ) -> bool:
         """Add one record; False (nothing added) if it would push a non-empty batch past batch_size.
 
         Record layout: length varint (of what follows), attributes int8 (0), timestampDelta varlong,
@@ -354,7 +369,7 @@ class RecordBatchBuilder:
         producer_id = _check_int(producer_id, 64, "producer_id")
         producer_epoch = _check_int(producer_epoch, 16, "producer_epoch")
         base_sequence = _check_int(base_sequence, 32, "base_sequence")
-        key = (base_offset, producer_id, producer_epoch, base_sequence, bool(transactional), self._count)
+        key: _BuildKey = (base_offset, producer_id, producer_epoch, base_sequence, bool(transactional), self._count)
         if self._built is not None and key == self._built_key:
             return self._built
         if self._count == 0:
@@ -364,11 +379,13 @@ class RecordBatchBuilder:
         if self._codec == CODEC_NONE:
             out = bytearray(self._buf)
         else:
-            if self._payload_count != self._count:
-                self._payload = compress(self._codec, memoryview(self._buf)[BATCH_HEADER_SIZE:], self._level)
+            payload = self._payload
+            if payload is None or self._payload_count != self._count:
+                payload = self._payload = compress(self._codec, memoryview(self._buf)[BATCH_HEADER_SIZE:],
+                                                   self._level)
                 self._payload_count = self._count
             out = bytearray(BATCH_HEADER_SIZE)
-            out += self._payload
+            out += payload
         attributes = self._codec | (_ATTR_TRANSACTIONAL if transactional else 0)
         _HEADER.pack_into(
             out, 0,
@@ -389,20 +406,21 @@ class Record:
 
     __slots__ = ("offset", "timestamp_ms", "key", "value", "headers")
 
-    def __init__(self, offset, timestamp_ms, key, value, headers):
+    def __init__(self, offset: int, timestamp_ms: int, key: bytes | None, value: bytes | None,
+                 headers: list[tuple[str, bytes | None]]) -> None:
         self.offset = offset
         self.timestamp_ms = timestamp_ms
         self.key = key
         self.value = value
         self.headers = headers
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, Record):
             return NotImplemented
         return (self.offset, self.timestamp_ms, self.key, self.value, self.headers) == (
             other.offset, other.timestamp_ms, other.key, other.value, other.headers)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Record(offset={self.offset}, timestamp_ms={self.timestamp_ms}, key={self.key!r}, "
                 f"value={self.value!r}, headers={self.headers!r})")
 
@@ -414,7 +432,7 @@ class RecordBatch:
                  "last_offset_delta", "base_timestamp", "max_timestamp", "producer_id", "producer_epoch",
                  "base_sequence", "records")
 
-    def __init__(self, header: tuple, records: list):
+    def __init__(self, header: tuple[int, ...], records: list[Record]) -> None:
         (self.base_offset, self.batch_length, self.partition_leader_epoch, self.magic, self.crc,
          self.attributes, self.last_offset_delta, self.base_timestamp, self.max_timestamp,
          self.producer_id, self.producer_epoch, self.base_sequence, _count) = header
@@ -437,12 +455,12 @@ class RecordBatch:
     def is_control(self) -> bool:
         return bool(self.attributes & _ATTR_CONTROL)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"RecordBatch(base_offset={self.base_offset}, compression={self.compression!r}, "
                 f"records={len(self.records)}, producer_id={self.producer_id})")
 
 
-def _read_bytes(data, pos: int, end: int, what: str):
+def _read_bytes(data: bytes, pos: int, end: int, what: str) -> tuple[bytes | None, int]:
     length, pos = _varint_at(data, pos, end)
     if length == -1:
         return None, pos
@@ -453,8 +471,8 @@ def _read_bytes(data, pos: int, end: int, what: str):
     return bytes(data[pos:pos + length]), pos + length
 
 
-def _decode_records(data: bytes, count: int, base_offset: int, base_ts: int) -> list:
-    records = []
+def _decode_records(data: bytes, count: int, base_offset: int, base_ts: int) -> list[Record]:
+    records: list[Record] = []
     pos = 0
     end = len(data)
     for index in range(count):
@@ -476,7 +494,7 @@ def _decode_records(data: bytes, count: int, base_offset: int, base_ts: int) -> 
         nheaders, pos = _varint_at(view, pos, rec_end)
         if nheaders < 0 or nheaders > rec_end - pos:
             raise CorruptRecordError(f"record {index} has an impossible header count {nheaders}")
-        headers = []
+        headers: list[tuple[str, bytes | None]] = []
         for _ in range(nheaders):
             hkey, pos = _read_bytes(view, pos, rec_end, "header key")
             if hkey is None:
@@ -494,7 +512,7 @@ def _decode_records(data: bytes, count: int, base_offset: int, base_ts: int) -> 
     return records
 
 
-def decode_record_batches(data, allow_partial_tail: bool = False) -> list:
+def decode_record_batches(data: _BytesLike, allow_partial_tail: bool = False) -> list[RecordBatch]:
     """Decode every magic-2 batch in ``data``; CRC-checked. A truncated final batch is dropped silently
     with ``allow_partial_tail=True`` (Fetch responses may end mid-batch); every other defect raises
     CorruptRecordError."""
@@ -502,7 +520,7 @@ def decode_record_batches(data, allow_partial_tail: bool = False) -> list:
         data = bytes(data)
     except TypeError:
         raise TypeError(f"data must be bytes-like, not {type(data).__name__}") from None
-    batches = []
+    batches: list[RecordBatch] = []
     pos = 0
     total = len(data)
     while pos < total:

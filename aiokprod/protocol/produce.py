@@ -123,6 +123,15 @@ class ProducePartitionResult:
     __slots__ = ("index", "error_code", "base_offset", "log_append_time_ms", "log_start_offset",
                  "record_errors", "error_message")
 
+    # Set by the reader, which fills a bare instance field by field (no __init__ call on the sender's path).
+    index: int
+    error_code: int
+    base_offset: int
+    log_append_time_ms: int
+    log_start_offset: int
+    record_errors: list[tuple[int, str | None]]  # (batch_index, batch_index_error_message)
+    error_message: str | None
+
     def __repr__(self) -> str:
         return (f"ProducePartitionResult(index={self.index}, error_code={self.error_code}, "
                 f"base_offset={self.base_offset}, error_message={self.error_message!r})")
@@ -131,7 +140,7 @@ class ProducePartitionResult:
 class ProduceTopicResult:
     __slots__ = ("name", "partition_responses")
 
-    def __init__(self, name: str, partition_responses: list) -> None:
+    def __init__(self, name: str, partition_responses: list[ProducePartitionResult]) -> None:
         self.name = name
         self.partition_responses = partition_responses
 
@@ -139,19 +148,19 @@ class ProduceTopicResult:
 class ProduceResult:
     __slots__ = ("responses", "throttle_time_ms")
 
-    def __init__(self, responses: list, throttle_time_ms: int) -> None:
+    def __init__(self, responses: list[ProduceTopicResult], throttle_time_ms: int) -> None:
         self.responses = responses
         self.throttle_time_ms = throttle_time_ms
 
 
-def _uvarint(buf, pos: int) -> tuple[int, int]:
+def _uvarint(buf: bytes, pos: int) -> tuple[int, int]:
     b = buf[pos]
     if b < 0x80:  # one byte: every length and count in a normal answer
         return b, pos + 1
     return read_uvarint(buf, pos)
 
 
-def _array_len(buf, pos: int, flex: bool) -> tuple[int, int]:
+def _array_len(buf: bytes, pos: int, flex: bool) -> tuple[int, int]:
     if flex:
         n, pos = _uvarint(buf, pos)
         n -= 1
@@ -163,7 +172,7 @@ def _array_len(buf, pos: int, flex: bool) -> tuple[int, int]:
     return n, pos
 
 
-def _skip_tags(buf, pos: int) -> int:
+def _skip_tags(buf: bytes, pos: int) -> int:
     if buf[pos] == 0:  # no tagged fields: the usual case
         return pos + 1
     count, pos = read_uvarint(buf, pos)
@@ -181,7 +190,7 @@ class ProduceResponseReader:
     passes it to the connection as the response class of its Produce requests."""
 
     @staticmethod
-    def decode(data, version: int) -> ProduceResult:
+    def decode(data: BytesLike, version: int) -> ProduceResult:
         if not MIN_VERSION <= version <= MAX_VERSION:
             raise UnsupportedVersionError(
                 broker_message=f"ProduceResponseReader supports versions {MIN_VERSION}-{MAX_VERSION}, not {version}")
@@ -193,22 +202,22 @@ class ProduceResponseReader:
             raise CorruptFrameError(f"malformed ProduceResponse v{version}: {exc!r}") from None
 
 
-def _decode_produce_response(buf, version: int) -> ProduceResult:
-    buf = bytes(buf)  # an answer is small: indexing and slicing bytes is cheaper than a memoryview
+def _decode_produce_response(data: BytesLike, version: int) -> ProduceResult:
+    buf = bytes(data)  # an answer is small: indexing and slicing bytes is cheaper than a memoryview
     flex = version >= _FIRST_FLEXIBLE
     fixed = _PART_V5 if version >= 5 else _PART_V2
     fixed_size = fixed.size
     unpack_fixed = fixed.unpack_from
     read_str = read_compact_string if flex else read_string
     pos = 0
-    topics = []
+    topics: list[ProduceTopicResult] = []
     n_topics, pos = _array_len(buf, pos, flex)
     for _ in range(n_topics):
         name, pos = read_str(buf, pos)
         if name is None:
             raise CorruptFrameError("ProduceResponse: null topic name")
         n_parts, pos = _array_len(buf, pos, flex)
-        parts = []
+        parts: list[ProducePartitionResult] = []
         for _ in range(n_parts):
             part = ProducePartitionResult()
             if version >= 5:
