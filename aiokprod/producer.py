@@ -100,7 +100,8 @@ class Producer:
         # anything) it takes none.
         partitioner = self._partitioner
         self._own_partitioner = type(partitioner) is DefaultPartitioner and partitioner.sticky is self._appender
-        self._record_partitioner = isinstance(partitioner, RecordPartitioner)
+        # A Java-signature partitioner: called with the record's value and the cluster view, not partition().
+        self._record_partition = partitioner.partition_record if isinstance(partitioner, RecordPartitioner) else None
         self._cluster_view: Optional[ClusterView] = None
         # Whether send()'s general path must tell the partitioner what each keyless record added to its batch
         # (round robin's, a callable's and a Java-signature one's record_appended do nothing: no need to
@@ -262,7 +263,8 @@ class Producer:
             return await self._send_observed(topic, value, key, partition, timestamp_ms, headers)
         return await self._append_record(topic, value, key, partition, timestamp_ms, headers)
 
-    async def _send_observed(self, topic, value, key, partition, timestamp_ms, headers):
+    async def _send_observed(self, topic: Any, value: Any, key: Any, partition: Any, timestamp_ms: Any,
+                             headers: Any) -> Any:
         """send() for a record somebody watches: interceptors' on_send, hooks' on_record_send (which may add
         headers), then the general path; whatever send() rejects from here on is acknowledged to them with
         the error (as the Java client does), and what it appends, when its batch is done."""
@@ -271,7 +273,7 @@ class Producer:
             topic, value, key, partition, timestamp_ms, headers = record
             if headers is not None and type(headers) is not list and isinstance(headers, Mapping):
                 headers = _header_list(topic, headers)
-        acks: list = []
+        acks: list[_Ack] = []
         if self._record_hooks:
             headers = [] if headers is None else list(headers)
             for fn in self._record_hooks:
@@ -292,7 +294,8 @@ class Producer:
             handle.completion.add_batch_callback(functools.partial(_acknowledge, handle.index, acks))
         return handle
 
-    async def _append_record(self, topic, value, key, partition, timestamp_ms, headers):
+    async def _append_record(self, topic: Any, value: Any, key: Any, partition: Any, timestamp_ms: Any,
+                             headers: Any) -> Any:
         """The general path: serialize, find the topic's metadata, partition, append (maybe a new batch)."""
         key_object, value_object = key, value
         # The arguments the fast path declined for their type or range (it takes only exact ints).
@@ -323,9 +326,8 @@ class Producer:
         # Only records the partitioner placed without a key count toward its sticky switch (KIP-794).
         sticky = partition is None and key is None and self._counts_appended
         if partition is None:
-            if self._record_partitioner:
-                partition = self._partitioner.partition_record(topic, key_object, key, value_object, value,
-                                                               self._cluster_view)
+            if self._record_partition is not None:
+                partition = self._record_partition(topic, key_object, key, value_object, value, self._cluster_view)
             else:
                 partition = self._partitioner.partition(topic, key, num_partitions)
             if type(partition) is not int or not 0 <= partition < num_partitions:
@@ -515,15 +517,17 @@ def _header_list(topic: object, headers: Mapping[Any, Any]) -> list[tuple[str, A
     return pairs
 
 
-def _acknowledge_one(ack: Callable[[Any, Optional[BaseException]], Any], metadata: Any,
-                     error: Optional[BaseException]) -> None:
+_Ack = Callable[[Any, Optional[BaseException]], Any]  # on_acknowledgement(metadata, error), a hook's ack
+
+
+def _acknowledge_one(ack: _Ack, metadata: Any, error: Optional[BaseException]) -> None:
     try:
         ack(metadata, error)
     except Exception:
         log.exception("acknowledgement callback %r raised; skipped", ack)
 
 
-def _acknowledge(index: int, acks: list, completion: Any) -> None:
+def _acknowledge(index: int, acks: list[_Ack], completion: Any) -> None:
     """A watched record's batch is done: tell each watcher its outcome. Reads the batch's outcome, not the
     handle's (the handle may be cancelled; reading its exception() would count the error as retrieved)."""
     error = completion.exception

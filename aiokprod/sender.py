@@ -43,7 +43,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from . import errors
 from .errors import ProduceAction, classify_produce_error
@@ -551,7 +551,7 @@ def _gave_up(batch, cause, retries, closing: bool) -> errors.KafkaError:
     return exc
 
 
-def _retries_exhausted(batch, cause, retries: int) -> errors.RetriesExhaustedError:
+def _retries_exhausted(batch: Any, cause: BaseException, retries: int) -> errors.RetriesExhaustedError:
     doubt = (" The last attempt got no answer, so the broker may have written it."
              if batch.outcome_unknown else "")
     return errors.RetriesExhaustedError(
