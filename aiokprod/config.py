@@ -70,6 +70,8 @@ class ProducerSettings(TypedDict, total=False):
     connections_max_idle_ms: int
     socket_connection_setup_timeout_ms: int
     stop_timeout_ms: int
+    hooks: Sequence[Any]
+    on_delivery_error: Optional[Callable[[BaseException, Any], Any]]
 
 
 @dataclasses.dataclass
