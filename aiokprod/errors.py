@@ -3,6 +3,9 @@
 The hierarchy::
 
     KafkaError                          base of everything the package raises on purpose; .retriable
+    ├── RetriableError                  kind: the condition may clear; the producer retries these itself
+    ├── AbortableError                  kind: the transaction must be aborted; the producer can go on
+    ├── FatalError                      kind: the producer can do nothing more but stop()
     ├── CorruptFrameError               a protocol frame is malformed, truncated or has an impossible length
     │   └── CorruptRecordError          a record batch is malformed (CRC, magic, lengths)
     ├── BrokerResponseError             an error code from the broker (.code .name .retriable
@@ -14,16 +17,32 @@ The hierarchy::
     │   ├── UnsupportedVersionError     code 35; the client raises it too when version negotiation finds
     │   │                               no version both sides support (code 35, its own message)
     │   └── RequestTimedOutError        code 7: the *broker* timed out (e.g. acks=-1 replication)
-    ├── KafkaConnectionError            the connection failed or closed (retriable)
+    ├── KafkaConnectionError            the connection failed or closed (a RetriableError)
     ├── KafkaTimeoutError               a client-side deadline passed (delivery, metadata wait, request);
-    │                                   retriable like Java's TimeoutException
+    │                                   a RetriableError like Java's TimeoutException
     ├── RecordTooLargeError             client-side: a record is larger than max_request_size /
     │                                   buffer_memory (the broker's is MessageTooLargeError, code 10)
     ├── ProducerClosedError             send() after close(), or pending records failed by close
     ├── IllegalStateError               an operation not allowed in the current state (transactions)
-    └── AuthenticationError             SASL/TLS authentication failed; the broker's SASL codes
-                                        (UnsupportedSaslMechanismError 33, IllegalSaslStateError 34,
+    ├── TransactionFailedError          an AbortableError: records of the transaction failed, so it
+    │                                   cannot commit (the first record error is its __cause__)
+    └── AuthenticationError             SASL/TLS authentication failed (a FatalError); the broker's SASL
+                                        codes (UnsupportedSaslMechanismError 33, IllegalSaslStateError 34,
                                         SaslAuthenticationFailedError 58) are subclasses of it too
+
+The three *kinds* (KIP-1050's split, as the Java client has it) are bases that a class has besides its
+place above, so that ``except errors.AbortableError`` catches every error after which the transaction
+must be aborted, whatever raised it:
+
+* ``RetriableError``: every broker code the protocol marks retriable, ``KafkaConnectionError``,
+  ``KafkaTimeoutError``. The producer retries these inside (within ``delivery_timeout_ms``); a user sees
+  one only when that budget ran out.
+* ``AbortableError``: ``TransactionFailedError``, TOPIC/GROUP_AUTHORIZATION_FAILED (29, 30),
+  OUT_OF_ORDER_SEQUENCE_NUMBER (45), INVALID_PRODUCER_ID_MAPPING (49), UNKNOWN_PRODUCER_ID (59),
+  TRANSACTION_ABORTABLE (120). Abort the transaction, then go on with the next one.
+* ``FatalError``: PRODUCER_FENCED (90), INVALID_PRODUCER_EPOCH (47), INVALID_TXN_STATE (48),
+  TRANSACTION_COORDINATOR_FENCED (52), TRANSACTIONAL_ID_AUTHORIZATION_FAILED (53), CLUSTER_AUTHORIZATION_FAILED
+  (31), UNSUPPORTED_VERSION (35), ``AuthenticationError``. Only ``stop()`` is left.
 
 Broker codes come from the generated table ``aiokprod._error_codes.ERROR_CODES`` (code -> name,
 retriable, needs_metadata_refresh, message). :func:`for_code` turns a code into an instance; the classes
@@ -44,6 +63,20 @@ class KafkaError(Exception):
     retriable = False
 
 
+class RetriableError(KafkaError):
+    """Kind: the condition may clear by itself (the producer retries these within its deadlines)."""
+
+    retriable = True
+
+
+class AbortableError(KafkaError):
+    """Kind: the current transaction cannot commit and must be aborted; the producer can go on after."""
+
+
+class FatalError(KafkaError):
+    """Kind: the producer cannot go on (fenced, not authorised, unsupported): only ``stop()`` is left."""
+
+
 class CorruptFrameError(KafkaError):
     """A protocol frame (or a part of it) is malformed, truncated or carries an impossible length."""
 
@@ -52,13 +85,13 @@ class CorruptRecordError(CorruptFrameError):
     """A record batch is malformed: bad CRC, bad magic, truncated, or an impossible length."""
 
 
-class KafkaConnectionError(KafkaError):
+class KafkaConnectionError(RetriableError):
     """A connection to a broker failed, was closed, or broke mid-request. Retriable."""
 
     retriable = True
 
 
-class KafkaTimeoutError(KafkaError):
+class KafkaTimeoutError(RetriableError):
     """A client-side deadline passed (delivery timeout, metadata wait, request timeout).
 
     Retriable in the Java sense (the condition may clear); whether the caller retries is its choice.
@@ -80,8 +113,18 @@ class IllegalStateError(KafkaError):
     """An operation is not allowed in the current state (e.g. a transaction method out of order)."""
 
 
-class AuthenticationError(KafkaError):
+class AuthenticationError(FatalError):
     """SASL (or TLS) authentication failed. The broker's SASL error codes are subclasses of this."""
+
+
+class TransactionFailedError(AbortableError):
+    """Records of the transaction failed (or were failed by an abort), so it cannot commit: abort it.
+
+    ``__cause__`` is the first record error; ``errors`` holds every distinct one (at most a few)."""
+
+    def __init__(self, message: str, errors: tuple = ()):
+        super().__init__(message)
+        self.errors = errors
 
 
 class BrokerResponseError(KafkaError):
@@ -134,11 +177,26 @@ def _class_name(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_")) + "Error"
 
 
-# Extra bases for codes that belong to a client-side family as well.
+# Extra bases for codes that belong to a client-side family or kind as well (see the module docstring).
 _EXTRA_BASES = {
     33: (AuthenticationError,),  # UNSUPPORTED_SASL_MECHANISM
     34: (AuthenticationError,),  # ILLEGAL_SASL_STATE
     58: (AuthenticationError,),  # SASL_AUTHENTICATION_FAILED
+    # Fatal: another instance owns the transactional id, or we may not act as it, or cannot at all.
+    31: (FatalError,),          # CLUSTER_AUTHORIZATION_FAILED
+    35: (FatalError,),          # UNSUPPORTED_VERSION
+    47: (FatalError,),          # INVALID_PRODUCER_EPOCH (a newer epoch exists: we are a zombie)
+    48: (FatalError,),          # INVALID_TXN_STATE
+    52: (FatalError,),          # TRANSACTION_COORDINATOR_FENCED
+    53: (FatalError,),          # TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    90: (FatalError,),          # PRODUCER_FENCED
+    # Abortable: this transaction is lost, the producer is not.
+    29: (AbortableError,),      # TOPIC_AUTHORIZATION_FAILED
+    30: (AbortableError,),      # GROUP_AUTHORIZATION_FAILED
+    45: (AbortableError,),      # OUT_OF_ORDER_SEQUENCE_NUMBER
+    49: (AbortableError,),      # INVALID_PRODUCER_ID_MAPPING
+    59: (AbortableError,),      # UNKNOWN_PRODUCER_ID
+    120: (AbortableError,),     # TRANSACTION_ABORTABLE
 }
 
 #: code -> BrokerResponseError subclass, for every code of the table except 0 (NONE).
@@ -151,7 +209,10 @@ def _build_classes() -> None:
         if code == 0:
             continue
         cls_name = _class_name(name)
-        cls = type(cls_name, (BrokerResponseError,) + _EXTRA_BASES.get(code, ()), {
+        extra = _EXTRA_BASES.get(code, ())
+        if retriable:
+            extra += (RetriableError,)
+        cls = type(cls_name, (BrokerResponseError,) + extra, {
             "__module__": __name__,
             "__doc__": f"Broker error {code} {name}: {message}",
             "code": code,
