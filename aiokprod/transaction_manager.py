@@ -354,8 +354,21 @@ class TransactionManager:
         self._unblock(state)
 
     def on_retriable(self, batch) -> None:
-        """A definite answer that it was not written (NOT_LEADER, NOT_ENOUGH_REPLICAS...): it goes back to
-        its queue with its sequence; the partition is blocked until everything in flight is back."""
+        """A definite answer that *this attempt* was not written (NOT_LEADER, NOT_ENOUGH_REPLICAS...): it
+        goes back to its queue with its sequence; the partition is blocked until everything in flight is
+        back. A batch in doubt from an earlier attempt stays in doubt: that attempt may be in the log
+        whatever this one was told (only an acknowledgement, or :meth:`on_not_written`, settles it)."""
+        if not self.idempotent:
+            return
+        state = self._returned(batch)
+        state.blocked = True
+        self._unblock(state)
+
+    def on_not_written(self, batch) -> None:
+        """The broker has no batch of ours there: OUT_OF_ORDER_SEQUENCE_NUMBER (had an earlier attempt been
+        written, it would answer DUPLICATE_SEQUENCE_NUMBER) or UNKNOWN_PRODUCER_ID (it forgot our identity,
+        so nothing can be deduplicated against it any more). The batch is no longer in doubt; the caller
+        asks for a reset (:meth:`request_reset`) and it goes back to its queue."""
         if not self.idempotent:
             return
         state = self._returned(batch)

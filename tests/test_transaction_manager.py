@@ -336,8 +336,26 @@ def test_in_doubt_behind_a_known_retry_still_blocks_the_reset():
     manager.on_success(known)
     assert not manager.reset_allowed()
     drain(manager, doubtful)
-    manager.on_retriable(doubtful)  # a definite answer: now it is known not written
-    assert manager.reset_allowed()
+    manager.on_retriable(doubtful)  # this attempt was not written; the first one may have been
+    assert doubtful.outcome_unknown and not manager.reset_allowed()
+    drain(manager, doubtful)
+    manager.on_not_written(doubtful)  # OUT_OF_ORDER_SEQUENCE: the broker has no such batch
+    assert not doubtful.outcome_unknown and manager.reset_allowed()
+
+
+def test_a_batch_stays_in_doubt_until_acknowledged():
+    manager = idempotent()
+    batch = drain(manager, make_batch())
+    manager.on_unknown(batch)
+    drain(manager, batch)
+    manager.on_unknown(batch)  # twice in doubt is still one batch in doubt
+    assert manager.in_doubt == 1
+    drain(manager, batch)
+    manager.on_retriable(batch)
+    assert manager.in_doubt == 1 and batch.outcome_unknown
+    drain(manager, batch)
+    manager.on_success(batch)
+    assert manager.in_doubt == 0 and not batch.outcome_unknown
 
 
 def test_in_doubt_batch_that_expires_is_forgotten():
