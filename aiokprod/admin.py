@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence, Union
 
 from . import errors
 from .config import parse_bootstrap
@@ -27,10 +27,13 @@ EARLIEST = -2  # the first offset still in the log
 
 _TOPIC_ALREADY_EXISTS = 36
 
+#: "host:port,host:port" or a sequence of "host:port" strings.
+Bootstrap = Union[str, Sequence[str]]
 
-async def _open_any(bootstrap, options: dict) -> BrokerConnection:
+
+async def _open_any(bootstrap: Bootstrap, options: dict[str, Any]) -> BrokerConnection:
     """A connection to the first bootstrap address that answers."""
-    failures = []
+    failures: list[str] = []
     for host, port in parse_bootstrap(bootstrap):
         try:
             return await BrokerConnection.open(host, port, **options)
@@ -41,14 +44,15 @@ async def _open_any(bootstrap, options: dict) -> BrokerConnection:
     raise errors.KafkaConnectionError("could not connect to any bootstrap server: " + "; ".join(failures))
 
 
-async def _metadata(connection: BrokerConnection, topics: Optional[Iterable[str]]):
+async def _metadata(connection: BrokerConnection, topics: Optional[Iterable[str]]) -> Any:
     request = MetadataRequest(
         topics=None if topics is None else [MetadataRequest.MetadataRequestTopic(name=t) for t in topics],
         allow_auto_topic_creation=False)
     return await connection.request(request, connection.version_for(MetadataRequest))
 
 
-async def _connect_node(connection: BrokerConnection, metadata, node_id: int, options: dict) -> BrokerConnection:
+async def _connect_node(connection: BrokerConnection, metadata: Any, node_id: int,
+                        options: dict[str, Any]) -> BrokerConnection:
     """``connection`` itself if it is ``node_id`` (or we cannot tell), else a new one to that node."""
     brokers = {b.node_id: (b.host, b.port) for b in metadata.brokers}
     address = brokers.get(node_id)
@@ -57,8 +61,9 @@ async def _connect_node(connection: BrokerConnection, metadata, node_id: int, op
     return await BrokerConnection.open(address[0], address[1], node_id=node_id, **options)
 
 
-async def create_topics(bootstrap, topics: dict, *, replication_factor: int = 1, exist_ok: bool = True,
-                        timeout_ms: int = 10000, wait: bool = True, **options) -> dict:
+async def create_topics(bootstrap: Bootstrap, topics: dict[str, int], *, replication_factor: int = 1,
+                        exist_ok: bool = True, timeout_ms: int = 10000, wait: bool = True,
+                        **options: Any) -> dict[str, int]:
     """Create ``topics`` ({name: num_partitions}; -1 for the broker's default) and return
     {name: partition count as the broker reports it}.
 
@@ -94,7 +99,7 @@ async def create_topics(bootstrap, topics: dict, *, replication_factor: int = 1,
         connection.close()
 
 
-async def _wait_for_partitions(connection: BrokerConnection, names: list, timeout: float) -> dict:
+async def _wait_for_partitions(connection: BrokerConnection, names: list[str], timeout: float) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     while True:
         metadata = await _metadata(connection, names)
@@ -107,8 +112,8 @@ async def _wait_for_partitions(connection: BrokerConnection, names: list, timeou
         await asyncio.sleep(0.05)
 
 
-async def list_offsets(bootstrap, topic: str, partitions: Optional[Iterable[int]] = None, *,
-                       timestamp: int = LATEST, **options) -> dict:
+async def list_offsets(bootstrap: Bootstrap, topic: str, partitions: Optional[Iterable[int]] = None, *,
+                       timestamp: int = LATEST, **options: Any) -> dict[int, int]:
     """{partition: offset} for ``topic`` (every partition unless given): with ``LATEST`` the next offset
     to be written, with ``EARLIEST`` the first one kept, else the first offset at or after ``timestamp`` (ms)
     (-1 when there is none). Each partition is asked of its leader."""
@@ -121,14 +126,14 @@ async def list_offsets(bootstrap, topic: str, partitions: Optional[Iterable[int]
             raise errors.for_code(info.error_code, topic=topic)
         leaders = {p.partition_index: p.leader_id for p in info.partitions}
         wanted = sorted(leaders) if partitions is None else sorted(partitions)
-        by_leader: dict[int, list] = {}
+        by_leader: dict[int, list[int]] = {}
         for partition in wanted:
             if partition not in leaders:
                 raise errors.UnknownTopicOrPartitionError(topic=topic, partition=partition,
                                                           broker_message="no such partition in metadata")
             by_leader.setdefault(leaders[partition], []).append(partition)
 
-        async def ask(node_id: int, parts: list) -> list:
+        async def ask(node_id: int, parts: list[int]) -> list[Any]:
             leader = opened.get(node_id)
             if leader is None:
                 leader = await _connect_node(connection, metadata, node_id, options)
@@ -141,7 +146,7 @@ async def list_offsets(bootstrap, topic: str, partitions: Optional[Iterable[int]
             response = await leader.request(request, version)
             return [p for t in response.topics for p in t.partitions]
 
-        result = {}
+        result: dict[int, int] = {}
         for answers in await asyncio.gather(*(ask(n, ps) for n, ps in by_leader.items())):
             for answer in answers:
                 if answer.error_code:

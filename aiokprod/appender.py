@@ -4,10 +4,15 @@
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiokprod._impl import load
 
 _impl_module, IMPLEMENTATION = load("appender")
 
-RecordAppender = _impl_module.RecordAppender
+if TYPE_CHECKING:  # both twins have this API; the stub of the compiled one states it
+    from aiokprod._native.appender import RecordAppender
+else:
+    RecordAppender = _impl_module.RecordAppender
 
 __all__ = ["IMPLEMENTATION", "RecordAppender"]

@@ -13,10 +13,13 @@ import asyncio
 import logging
 import random
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import errors
 from .connection import BrokerConnection
+
+if TYPE_CHECKING:
+    from .config import ProducerConfig
 from .protocol import MetadataRequest
 
 log = logging.getLogger("aiokprod.cluster")
@@ -25,7 +28,7 @@ log = logging.getLogger("aiokprod.cluster")
 class TopicInfo:
     __slots__ = ("name", "partitions", "leaders", "num_partitions")
 
-    def __init__(self, name: str, leaders: dict) -> None:
+    def __init__(self, name: str, leaders: dict[int, int]) -> None:
         self.name = name
         self.leaders = leaders  # partition -> leader node id (-1: none right now)
         self.partitions = tuple(sorted(leaders))
@@ -33,7 +36,7 @@ class TopicInfo:
 
 
 class Cluster:
-    def __init__(self, config, *, on_change=None) -> None:
+    def __init__(self, config: ProducerConfig, *, on_change: Optional[Callable[[], None]] = None) -> None:
         self.config = config
         self.brokers: dict[int, tuple[str, int]] = {}
         self.topics: dict[str, TopicInfo] = {}
@@ -41,23 +44,23 @@ class Cluster:
         self.last_refresh = 0.0
         self.on_change = on_change  # called (no args) after every refresh and every new connection
         self._connections: dict[int, BrokerConnection] = {}
-        self._connecting: dict[int, asyncio.Task] = {}
+        self._connecting: dict[int, asyncio.Task[None]] = {}
         self._backoff_until: dict[int, float] = {}
         self._bootstrap_connection: Optional[BrokerConnection] = None
         self._last_connect_error: dict[int, BaseException] = {}
         # The metadata round trip in flight, and the generation of wanted_topics it asked for: a caller
         # whose topics were added later (a higher generation) cannot be served by it.
-        self._refresh_task: Optional[asyncio.Task] = None
+        self._refresh_task: Optional[asyncio.Task[None]] = None
         self._refresh_generation = 0
         self._wanted_generation = 0
         self._refresh_backoff_until = 0.0
         self._refresh_later: Optional[asyncio.TimerHandle] = None
         self.topic_errors: dict[str, int] = {}  # topic -> the error code of its last Metadata answer
         self._closed = False
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- connections --------------------------------------------------------------------------------------
-    def _connection_kwargs(self) -> dict:
+    def _connection_kwargs(self) -> dict[str, Any]:
         config = self.config
         sasl = config.security_protocol.startswith("SASL")
         return dict(
@@ -77,7 +80,7 @@ class Cluster:
 
     async def bootstrap(self) -> None:
         """Connect to the first bootstrap address that answers and learn the cluster from it."""
-        failures = []
+        failures: list[str] = []
         deadline = time.monotonic() + self.config.request_timeout_ms / 1000.0
         addresses = list(self.config.bootstrap_list)
         random.shuffle(addresses)
@@ -153,7 +156,7 @@ class Cluster:
             if self.on_change is not None:
                 self.on_change()
 
-    def _connection_closed(self, connection: BrokerConnection, exc) -> None:
+    def _connection_closed(self, connection: BrokerConnection, exc: BaseException) -> None:
         if self._connections.get(connection.node_id) is connection:
             del self._connections[connection.node_id]
         if not self._closed:
@@ -213,7 +216,7 @@ class Cluster:
     def _refreshing(self) -> bool:
         return self._refresh_task is not None and not self._refresh_task.done()
 
-    def _start_refresh(self) -> asyncio.Task:
+    def _start_refresh(self) -> asyncio.Task[None]:
         # Snapshot the wanted topics now, synchronously, so the generation recorded matches what is asked.
         names = sorted(self.wanted_topics)
         self._refresh_generation = self._wanted_generation
@@ -222,7 +225,7 @@ class Cluster:
         task.add_done_callback(self._refresh_done)
         return task
 
-    def _refresh_done(self, task: asyncio.Task) -> None:
+    def _refresh_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if task.cancelled():
             return
@@ -233,7 +236,7 @@ class Cluster:
             self._refresh_backoff_until = time.monotonic() + self.config.retry_backoff_ms / 1000.0
             log.warning("metadata refresh failed: %s", exc)
 
-    async def refresh(self, topics: Optional[set] = None) -> None:
+    async def refresh(self, topics: Optional[set[str]] = None) -> None:
         """Fetch metadata for every wanted topic (plus ``topics``); concurrent callers share one round trip.
 
         Raises what the round trip raised (``KafkaConnectionError`` when no broker answers). Cancelling
@@ -250,21 +253,22 @@ class Cluster:
         while True:
             if self._closed:
                 raise errors.KafkaConnectionError("cluster is closed")
-            if not self._refreshing():
+            task = self._refresh_task
+            if task is None or task.done():
                 await self._join(self._start_refresh())
                 return
             if self._refresh_generation >= needed:
-                await self._join(self._refresh_task)  # it asked for everything we want: share it
+                await self._join(task)  # it asked for everything we want: share it
                 return
             # The round trip in flight was started before our topics were added: let it land (its
             # failure is not ours to report), then start the next one, or join whoever started it first.
             try:
-                await self._join(self._refresh_task)
+                await self._join(task)
             except errors.KafkaError:
                 pass
 
     @staticmethod
-    async def _join(task: asyncio.Task) -> None:
+    async def _join(task: asyncio.Task[None]) -> None:
         """Await a shared round trip without letting our cancellation reach it."""
         try:
             await asyncio.shield(task)
@@ -275,7 +279,7 @@ class Cluster:
                 raise errors.KafkaConnectionError("metadata refresh abandoned: the cluster is closing") from None
             raise
 
-    async def _do_refresh(self, names: list) -> None:
+    async def _do_refresh(self, names: list[str]) -> None:
         topics = [MetadataRequest.MetadataRequestTopic(name=name) for name in names]
         request = MetadataRequest(topics=topics, allow_auto_topic_creation=self.config.allow_auto_create_topics)
         connection = await self.any_connection()
@@ -289,7 +293,7 @@ class Cluster:
             response = await connection.request(request, connection.version_for(MetadataRequest))
         self._apply(response)
 
-    def _apply(self, response) -> None:
+    def _apply(self, response: Any) -> None:
         self.brokers = {broker.node_id: (broker.host, broker.port) for broker in response.brokers}
         for topic in response.topics:
             if topic.error_code:
@@ -353,7 +357,8 @@ class Cluster:
         info = self.topics.get(topic)
         if info is None:
             return -1
-        return info.leaders.get(partition, -1)
+        leader: int = info.leaders.get(partition, -1)
+        return leader
 
     async def close(self) -> None:
         self._closed = True

@@ -4,26 +4,48 @@
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiokprod._impl import load
 
 _impl_module, IMPLEMENTATION = load("codec")
 
-crc32c = _impl_module.crc32c
-murmur2 = _impl_module.murmur2
-key_partition = _impl_module.key_partition
-encode_varint = _impl_module.encode_varint
-encode_uvarint = _impl_module.encode_uvarint
-decode_varint = _impl_module.decode_varint
-decode_uvarint = _impl_module.decode_uvarint
-size_of_varint = _impl_module.size_of_varint
-size_of_uvarint = _impl_module.size_of_uvarint
-record_size_upper_bound = _impl_module.record_size_upper_bound
-RecordBatchBuilder = _impl_module.RecordBatchBuilder
-RecordBatch = _impl_module.RecordBatch
-Record = _impl_module.Record
-decode_record_batches = _impl_module.decode_record_batches
-BATCH_HEADER_SIZE = _impl_module.BATCH_HEADER_SIZE
-RECORD_OVERHEAD_MAX = _impl_module.RECORD_OVERHEAD_MAX
+if TYPE_CHECKING:  # both twins have this API; the stub of the compiled one states it
+    from aiokprod._native.codec import (
+        crc32c,
+        murmur2,
+        key_partition,
+        encode_varint,
+        encode_uvarint,
+        decode_varint,
+        decode_uvarint,
+        size_of_varint,
+        size_of_uvarint,
+        record_size_upper_bound,
+        RecordBatchBuilder,
+        RecordBatch,
+        Record,
+        decode_record_batches,
+        BATCH_HEADER_SIZE,
+        RECORD_OVERHEAD_MAX,
+    )
+else:
+    crc32c = _impl_module.crc32c
+    murmur2 = _impl_module.murmur2
+    key_partition = _impl_module.key_partition
+    encode_varint = _impl_module.encode_varint
+    encode_uvarint = _impl_module.encode_uvarint
+    decode_varint = _impl_module.decode_varint
+    decode_uvarint = _impl_module.decode_uvarint
+    size_of_varint = _impl_module.size_of_varint
+    size_of_uvarint = _impl_module.size_of_uvarint
+    record_size_upper_bound = _impl_module.record_size_upper_bound
+    RecordBatchBuilder = _impl_module.RecordBatchBuilder
+    RecordBatch = _impl_module.RecordBatch
+    Record = _impl_module.Record
+    decode_record_batches = _impl_module.decode_record_batches
+    BATCH_HEADER_SIZE = _impl_module.BATCH_HEADER_SIZE
+    RECORD_OVERHEAD_MAX = _impl_module.RECORD_OVERHEAD_MAX
 
 __all__ = (
     "IMPLEMENTATION", "crc32c", "murmur2", "key_partition",

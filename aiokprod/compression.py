@@ -18,12 +18,15 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
+from typing import Union, cast
 
 import lz4.frame
 import snappy
 import zstandard
 
 from aiokprod.errors import CorruptRecordError
+
+BytesLike = Union[bytes, bytearray, memoryview]
 
 CODEC_NONE = 0
 CODEC_GZIP = 1
@@ -59,7 +62,7 @@ def codec_id(name: str) -> int:
         ) from None
 
 
-def _xerial_frame(data) -> bytes:
+def _xerial_frame(data: BytesLike) -> bytes:
     # header | (int32 length, raw snappy chunk of <= 32 KiB input)*
     view = memoryview(data)
     if len(view) <= _XERIAL_BLOCK:  # the common case (batch.size 16 KiB): one chunk, no slicing copies
@@ -93,7 +96,7 @@ def _xerial_unframe(data: bytes) -> bytes:
     return b"".join(out)
 
 
-def compress(codec: int, data, level: int | None = None) -> bytes:
+def compress(codec: int, data: BytesLike, level: int | None = None) -> bytes:
     """Compress ``data`` (any bytes-like) as the Java client does for ``codec`` (a CODEC_* id)."""
     if codec == CODEC_GZIP:
         # mtime=0: deterministic output (Python 3.11 then takes zlib's one-shot path).
@@ -101,7 +104,7 @@ def compress(codec: int, data, level: int | None = None) -> bytes:
     if codec == CODEC_SNAPPY:
         return _xerial_frame(data)
     if codec == CODEC_LZ4:
-        return lz4.frame.compress(data, compression_level=0 if level is None else level)
+        return cast(bytes, lz4.frame.compress(data, compression_level=0 if level is None else level))
     if codec == CODEC_ZSTD:
         key = _ZSTD_DEFAULT_LEVEL if level is None else level
         compressor = _zstd_compressors.get(key)
@@ -113,7 +116,7 @@ def compress(codec: int, data, level: int | None = None) -> bytes:
     raise ValueError(f"unknown codec id {codec}")
 
 
-def decompress(codec: int, data) -> bytes:
+def decompress(codec: int, data: BytesLike) -> bytes:
     """Inverse of :func:`compress`; also reads raw snappy. Any failure raises CorruptRecordError."""
     data = bytes(data)
     name = CODEC_NAMES.get(codec, f"codec id {codec}")
@@ -124,9 +127,9 @@ def decompress(codec: int, data) -> bytes:
         if codec == CODEC_SNAPPY:
             if data[:8] == _XERIAL_MAGIC and len(data) >= 16:
                 return _xerial_unframe(data)
-            return snappy.decompress(data)
+            return cast(bytes, snappy.decompress(data))
         if codec == CODEC_LZ4:
-            return lz4.frame.decompress(data)
+            return cast(bytes, lz4.frame.decompress(data))
         if codec == CODEC_ZSTD:
             # A streaming decompressor: frames without a content size (librdkafka writes those) decode too.
             return zstandard.ZstdDecompressor().decompressobj().decompress(data)

@@ -65,16 +65,16 @@ class ProducerConfig:
     # Filled in by validate(): the normalised forms the other modules use.
     acks_value: int = dataclasses.field(default=-1, init=False)
     idempotent: bool = dataclasses.field(default=True, init=False)
-    bootstrap_list: list = dataclasses.field(default_factory=list, init=False)
+    bootstrap_list: list[tuple[str, int]] = dataclasses.field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.validate()
 
     @classmethod
-    def from_dict(cls, settings: dict) -> "ProducerConfig":
+    def from_dict(cls, settings: dict[str, Any]) -> "ProducerConfig":
         """Build from keyword names or Java/librdkafka dotted names (mixed is fine)."""
         known = {f.name for f in dataclasses.fields(cls) if f.init}
-        kwargs: dict = {}
+        kwargs: dict[str, Any] = {}
         for name, value in settings.items():
             key = DOTTED_NAMES.get(name, name)
             if key not in known:
@@ -189,7 +189,7 @@ def _from_string(key: str, name: str, value: str) -> Any:
     return value
 
 
-def parse_bootstrap(servers: Any) -> list:
+def parse_bootstrap(servers: Any) -> list[tuple[str, int]]:
     if isinstance(servers, str):
         items = [s.strip() for s in servers.split(",") if s.strip()]
     elif isinstance(servers, (list, tuple)):

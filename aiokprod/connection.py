@@ -17,11 +17,14 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Optional
+import ssl
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
 
 from . import errors
 from .protocol import ApiVersionsRequest, ApiVersionsResponse, SaslAuthenticateRequest, SaslAuthenticateResponse
 from .protocol import SaslHandshakeRequest, SaslHandshakeResponse
+from .protocol.primitives import Message
 from .protocol.framing import decode_response_header, encode_request, request_header_version, response_header_version
 
 log = logging.getLogger("aiokprod.connection")
@@ -30,13 +33,14 @@ log = logging.getLogger("aiokprod.connection")
 MAX_FRAME_SIZE = 512 * 1024 * 1024
 
 # The versions of each API this client can encode, lowest and highest (from the generated classes).
-CLIENT_VERSIONS = {}
+CLIENT_VERSIONS: dict[int, tuple[int, int]] = {}
 
 
 class _Pending:
     __slots__ = ("correlation_id", "future", "response_class", "version", "header_version", "deadline", "sent_at")
 
-    def __init__(self, correlation_id, future, response_class, version, header_version, deadline, sent_at):
+    def __init__(self, correlation_id: int, future: asyncio.Future[Any], response_class: type[Message],
+                 version: int, header_version: int, deadline: float, sent_at: float) -> None:
         self.correlation_id = correlation_id
         self.future = future
         self.response_class = response_class
@@ -50,7 +54,7 @@ class BrokerConnection(asyncio.Protocol):
     """Use ``await BrokerConnection.open(...)``; then ``request(...)`` returns a future of the response."""
 
     def __init__(self, host: str, port: int, *, node_id: int = -1, client_id: str = "aiokprod",
-                 request_timeout_ms: int = 30000, ssl_context=None, sasl_mechanism: Optional[str] = None,
+                 request_timeout_ms: int = 30000, ssl_context: Optional[ssl.SSLContext] = None, sasl_mechanism: Optional[str] = None,
                  sasl_username: Optional[str] = None, sasl_password: Optional[str] = None) -> None:
         self.host = host
         self.port = port
@@ -70,18 +74,20 @@ class BrokerConnection(asyncio.Protocol):
         self._timer: Optional[asyncio.TimerHandle] = None
         self._timer_deadline = 0.0  # the time.monotonic() deadline self._timer was armed for
         self._closed_exc: Optional[BaseException] = None
-        self._close_waiter: Optional[asyncio.Future] = None
+        self._close_waiter: Optional[asyncio.Future[None]] = None
         self._write_paused = False
-        self._drain_waiters: list = []
-        self.on_close = None  # callable(connection, exc), set by the owner (the cluster)
-        self.on_writable = None  # callable(), after the transport's buffer drained below its low-water mark
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        # Set by the owner (the cluster): called once with (connection, exc) when it closes.
+        self.on_close: Optional[Callable[[BrokerConnection, BaseException], None]] = None
+        self.on_writable: Optional[Callable[[], None]] = None  # after the transport's buffer drained below its low-water mark
 
     def __repr__(self) -> str:
         return f"<BrokerConnection node={self.node_id} {self.host}:{self.port}>"
 
     # -- opening ------------------------------------------------------------------------------------------
     @classmethod
-    async def open(cls, host: str, port: int, *, connect_timeout_ms: Optional[int] = None, **kwargs) -> "BrokerConnection":
+    async def open(cls, host: str, port: int, *, connect_timeout_ms: Optional[int] = None,
+                   **kwargs: Any) -> "BrokerConnection":
         connection = cls(host, port, **kwargs)
         timeout = (connect_timeout_ms / 1000.0) if connect_timeout_ms else connection.request_timeout
         try:
@@ -101,9 +107,9 @@ class BrokerConnection(asyncio.Protocol):
         return connection
 
     async def _open(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._close_waiter = self._loop.create_future()
-        await self._loop.create_connection(
+        loop = self._loop = asyncio.get_running_loop()
+        self._close_waiter = loop.create_future()
+        await loop.create_connection(
             lambda: self, self.host, self.port, ssl=self.ssl_context,
             server_hostname=self.host if self.ssl_context is not None else None,
         )
@@ -125,7 +131,7 @@ class BrokerConnection(asyncio.Protocol):
     async def _authenticate(self) -> None:
         from .sasl import create_mechanism
 
-        mechanism = create_mechanism(self.sasl_mechanism, self.sasl_username, self.sasl_password)
+        mechanism = create_mechanism(self.sasl_mechanism or "", self.sasl_username or "", self.sasl_password or "")
         handshake = await self.request(SaslHandshakeRequest(mechanism=mechanism.name),
                                        self.version_for(SaslHandshakeRequest, 1, 1))
         if handshake.error_code:
@@ -133,7 +139,7 @@ class BrokerConnection(asyncio.Protocol):
                               f"broker {self.host}:{self.port} refused SASL mechanism {mechanism.name}; "
                               f"it offers {handshake.mechanisms}")
         version = self.version_for(SaslAuthenticateRequest)
-        token = mechanism.initial_response()
+        token: Optional[bytes] = mechanism.initial_response()
         while token is not None:
             answer = await self.request(SaslAuthenticateRequest(auth_bytes=token), version)
             if answer.error_code:
@@ -144,14 +150,15 @@ class BrokerConnection(asyncio.Protocol):
             if token is None or mechanism.complete:
                 break
 
-    def version_for(self, message_class, low: Optional[int] = None, high: Optional[int] = None) -> int:
+    def version_for(self, message_class: type[Message], low: Optional[int] = None, high: Optional[int] = None) -> int:
         """The highest version both sides support for this API (optionally capped to ``[low, high]``)."""
         client_low, client_high = message_class.VALID_VERSIONS
         if low is not None:
             client_low = max(client_low, low)
         if high is not None:
             client_high = min(client_high, high)
-        broker = self.api_versions.get(message_class.API_KEY)
+        api_key = message_class.API_KEY
+        broker = self.api_versions.get(api_key) if api_key is not None else None
         if broker is None:
             raise errors.UnsupportedVersionError(
                 f"broker {self.host}:{self.port} does not support {message_class.__name__[:-7]} (api key {message_class.API_KEY})")
@@ -176,23 +183,31 @@ class BrokerConnection(asyncio.Protocol):
         self._next_correlation_id = (correlation_id + 1) & 0x7FFFFFFF
         return correlation_id
 
-    def request(self, message, version: int, *, expect_response: bool = True, timeout: Optional[float] = None):
+    def request(self, message: Message, version: int, *, expect_response: bool = True,
+                timeout: Optional[float] = None) -> asyncio.Future[Any]:
         """Send ``message`` at ``version``; return a future of the decoded response (or None if no response)."""
         correlation_id = self.next_correlation_id()
         frame = encode_request(message, version, correlation_id, self.client_id)
-        return self.send_frame([frame], correlation_id, message.API_KEY, version,
-                               response_class=RESPONSE_CLASSES[message.API_KEY] if expect_response else None,
+        api_key = message.API_KEY
+        if api_key is None:
+            raise TypeError(f"{type(message).__name__} is not a request")
+        return self.send_frame([frame], correlation_id, api_key, version,
+                               response_class=RESPONSE_CLASSES[api_key] if expect_response else None,
                                timeout=timeout)
 
-    def send_frame(self, buffers, correlation_id: int, api_key: int, version: int, *, response_class,
-                   timeout: Optional[float] = None):
+    def send_frame(self, buffers: Sequence[bytes | bytearray | memoryview], correlation_id: int, api_key: int,
+                   version: int, *, response_class: Optional[type[Message]],
+                   timeout: Optional[float] = None) -> asyncio.Future[Any]:
         """Write a pre-encoded request (a list of buffers) and register for its response."""
         loop = self._loop
+        transport = self._transport
+        if loop is None or transport is None:
+            raise errors.IllegalStateError(f"{self!r} is not open")
         future = loop.create_future()
         if self._closed_exc is not None:
             future.set_exception(self._closed_exc)
             return future
-        self._transport.writelines(buffers)
+        transport.writelines(buffers)
         if response_class is None:
             future.set_result(None)
             return future
@@ -216,7 +231,9 @@ class BrokerConnection(asyncio.Protocol):
             # usually the head; min() covers mixed per-request timeouts (the FIFO is short: in-flight only).
             deadline = min(item.deadline for item in self._pending)
             self._timer_deadline = deadline
-            self._timer = self._loop.call_later(max(0.0, deadline - time.monotonic()), self._check_timeouts)
+            loop = self._loop
+            if loop is not None:  # (there is nothing pending before open)
+                self._timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._check_timeouts)
         else:
             self._timer = None
 
@@ -233,14 +250,14 @@ class BrokerConnection(asyncio.Protocol):
 
     async def wait_writable(self) -> None:
         """Wait while the transport's write buffer is above its high-water mark."""
-        if self._write_paused and self._closed_exc is None:
+        if self._write_paused and self._closed_exc is None and self._loop is not None:
             waiter = self._loop.create_future()
             self._drain_waiters.append(waiter)
             await waiter
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------
-    def connection_made(self, transport) -> None:
-        self._transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # a stream transport: create_connection's
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -317,7 +334,7 @@ class BrokerConnection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Optional[Exception]) -> None:
         if self._close_waiter is not None and not self._close_waiter.done():
             self._close_waiter.set_result(None)
         self.close(errors.KafkaConnectionError(
@@ -330,7 +347,8 @@ class BrokerConnection(asyncio.Protocol):
             try:
                 await asyncio.wait_for(asyncio.shield(self._close_waiter), timeout)
             except asyncio.TimeoutError:
-                self._transport.abort()
+                if self._transport is not None:
+                    self._transport.abort()
 
     def close(self, exc: Optional[BaseException] = None, graceful: bool = False) -> None:
         """Close and fail every pending request with ``exc`` (a connection error by default).
@@ -371,10 +389,10 @@ def _sasl_error(code: int, text: str) -> errors.AuthenticationError:
     return errors.AuthenticationError(f"{text} (error {code} {exc.name})")
 
 
-def _response_classes() -> dict:
+def _response_classes() -> dict[int, type[Message]]:
     from . import protocol
 
-    table = {}
+    table: dict[int, type[Message]] = {}
     for name in dir(protocol):
         obj = getattr(protocol, name)
         if name.endswith("Response") and hasattr(obj, "API_KEY") and hasattr(obj, "decode"):

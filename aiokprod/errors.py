@@ -54,6 +54,8 @@ UNKNOWN_TOPIC_ID, INCONSISTENT_TOPIC_ID).
 """
 from __future__ import annotations
 
+from typing import Any
+
 from aiokprod._error_codes import ERROR_CODES
 
 
@@ -166,7 +168,7 @@ class BrokerResponseError(KafkaError):
             text += f" ({', '.join(flags)})"
         return text
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
         return (type(self), (self.broker_message, self.topic, self.partition))
 
 

@@ -4,7 +4,7 @@ skipped: it never breaks a send or a delivery."""
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 log = logging.getLogger("aiokprod.interceptors")
 
@@ -15,7 +15,7 @@ class ProducerRecord(NamedTuple):
     key: object = None
     partition: Optional[int] = None
     timestamp_ms: Optional[int] = None
-    headers: Optional[list] = None
+    headers: Optional[Sequence[tuple[str, Optional[bytes]]]] = None
 
 
 class ProducerInterceptor:
@@ -24,7 +24,7 @@ class ProducerInterceptor:
     def on_send(self, record: ProducerRecord) -> ProducerRecord:
         return record
 
-    def on_acknowledgement(self, metadata, error: Optional[BaseException]) -> None:
+    def on_acknowledgement(self, metadata: Any, error: Optional[BaseException]) -> None:
         pass
 
     def close(self) -> None:
@@ -52,7 +52,7 @@ class InterceptorChain:
                           interceptor, type(result).__name__)
         return record
 
-    def on_acknowledgement(self, metadata, error) -> None:
+    def on_acknowledgement(self, metadata: Any, error: Optional[BaseException]) -> None:
         for interceptor in self.interceptors:
             try:
                 interceptor.on_acknowledgement(metadata, error)

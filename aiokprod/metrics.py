@@ -2,6 +2,8 @@
 and read as a dict with ``Producer.metrics()``."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 
 class ProducerMetrics:
     __slots__ = (
@@ -10,7 +12,7 @@ class ProducerMetrics:
         "metadata_refreshes", "buffer_memory", "buffer_used_fn",
     )
 
-    def __init__(self, buffer_memory: int, buffer_used_fn) -> None:
+    def __init__(self, buffer_memory: int, buffer_used_fn: Callable[[], int]) -> None:
         self.records_sent = 0
         self.bytes_sent = 0
         self.batches_sent = 0
@@ -31,7 +33,7 @@ class ProducerMetrics:
         if millis > self.request_latency_max_ms:
             self.request_latency_max_ms = millis
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         used = self.buffer_used_fn()
         return {
             "records_sent": self.records_sent,

@@ -10,8 +10,18 @@
 """
 from __future__ import annotations
 
+from typing import Any, Callable, Optional, Protocol
+
 from .appender import RecordAppender
 from .codec import key_partition
+
+
+class Partitioner(Protocol):
+    """What the producer asks of a partitioner object (any object with these two methods will do)."""
+
+    def partition(self, topic: str, key: bytes | None, num_partitions: int) -> int: ...
+
+    def record_appended(self, topic: str, partition: int, num_bytes: int, num_partitions: int) -> None: ...
 
 
 class DefaultPartitioner:
@@ -66,17 +76,18 @@ class CallablePartitioner:
 
     name = "custom"
 
-    def __init__(self, fn) -> None:
+    def __init__(self, fn: Callable[[str, Optional[bytes], list[int]], int]) -> None:
         self._fn = fn
 
     def partition(self, topic: str, key: bytes | None, num_partitions: int) -> int:
-        return self._fn(topic, key, list(range(num_partitions)))
+        partition: int = self._fn(topic, key, list(range(num_partitions)))
+        return partition
 
     def record_appended(self, topic: str, partition: int, num_bytes: int, num_partitions: int) -> None:
         pass
 
 
-def make_partitioner(spec, batch_size: int, sticky: RecordAppender | None = None):
+def make_partitioner(spec: Any, batch_size: int, sticky: RecordAppender | None = None) -> Partitioner:
     """``None``/"default"/"murmur2" -> default (keeping its sticky state in ``sticky`` if given);
     "round_robin"; an object with ``partition`` and ``record_appended``; or a callable."""
     if spec is None or spec in ("default", "murmur2", "murmur2_random", "consistent_random"):
@@ -84,7 +95,8 @@ def make_partitioner(spec, batch_size: int, sticky: RecordAppender | None = None
     if spec in ("round_robin", "roundrobin"):
         return RoundRobinPartitioner()
     if hasattr(spec, "partition") and hasattr(spec, "record_appended"):
-        return spec
+        partitioner: Partitioner = spec
+        return partitioner
     if callable(spec):
         return CallablePartitioner(spec)
     raise ValueError(f"partitioner must be 'default', 'round_robin' or a callable, got {spec!r}")

@@ -299,6 +299,10 @@ class Producer:
         completions += [batch.completion for batch in self._sender.in_flight_batches]
         pending = [c for c in completions if not c.done]
         if not pending:
+            # A batch answered just before this call has left the sender's books but its handles turn
+            # done only in its loop callback, already scheduled: yield once so that it runs (callbacks
+            # run FIFO), and every record sent before flush() is done when flush() returns.
+            await asyncio.sleep(0)
             return
         self._accumulator.flushing += 1
         self._sender.wakeup()

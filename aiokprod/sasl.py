@@ -15,13 +15,9 @@ import enum
 import hashlib
 import hmac
 import secrets
+from typing import Any
 
-from aiokprod.errors import KafkaError
-
-try:  # the errors module is being extended; subclass its AuthenticationError once it exists
-    from aiokprod.errors import AuthenticationError as _AuthBase
-except ImportError:  # pragma: no cover - depends on the state of errors.py
-    _AuthBase = KafkaError
+from aiokprod.errors import AuthenticationError as _AuthBase
 
 __all__ = [
     "SaslAuthenticationError",
@@ -243,7 +239,7 @@ class ScramMechanism(SaslMechanism):
 MECHANISMS = ("PLAIN", *_SCRAM_HASHES)
 
 
-def create_mechanism(name: str, username: str, password: str, **options) -> SaslMechanism:
+def create_mechanism(name: str, username: str, password: str, **options: Any) -> SaslMechanism:
     """A fresh client mechanism. ``options`` go to the SCRAM mechanism (``nonce``, ``min_iterations``)."""
     upper = name.upper()
     if upper == "PLAIN":

@@ -278,8 +278,9 @@ class Gen:
         lines.append(p + f"    raise ValueError('{self.msg_name}: {f.attr} is not nullable in version %d' % version)")
 
     def gen_encode(self, sd: StructDef, within, lines):
-        lines.append("    def _encode(self, out, version):")
-        body = []
+        lines.append("    def _encode(self, out: bytearray, version: int) -> None:")
+        # One scratch variable serves fields of every type (straight-line code, no per-field names).
+        body = ["        v: Any"]
         uses_flex = any(self.flex_mode(f, within) == "both" for f in sd.fields if f.tag is None)
         if uses_flex:
             body.append(f"        flex = version >= {self.flex[0]}")
@@ -392,8 +393,8 @@ class Gen:
 
     def gen_decode(self, sd: StructDef, within, lines):
         lines.append("    @classmethod")
-        lines.append("    def _decode(cls, buf, pos, version):")
-        body = ["        self = _new(cls)"]
+        lines.append("    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:")
+        body = ["        v: Any", "        self = _new(cls)"]
         uses_flex = any(self.flex_mode(f, within) == "both" for f in sd.fields if f.tag is None)
         if uses_flex:
             body.append(f"        flex = version >= {self.flex[0]}")
@@ -426,29 +427,56 @@ class Gen:
                 body.append(p + f"        self.{f.attr} = v")
             body.append(p + "    pos = end  # unknown tags are skipped")
         body.append("        return self, pos")
+        # Array elements of different struct types may share a depth's name (e0, e1...): type them loosely.
+        depths = sorted({d for d in range(8) for line in body if f"e{d}, pos = " in line})
+        body[1:1] = [f"        e{d}: Any" for d in depths]
         lines += body
 
     # -- class ---------------------------------------------------------------------------------------
 
+    def py_type(self, f: Field) -> str:
+        """The Python type of a field's value, for the class annotations and ``__init__``."""
+        t = f.elem
+        if f.is_struct:
+            elem = self.modname(t)
+        elif t in FIXED:
+            elem = "float" if t == "float64" else "int"
+        elif t == "bool":
+            elem = "bool"
+        elif t == "uuid":
+            elem = "UUID"
+        elif t == "string":
+            elem = "str"
+        else:  # bytes, records: decoded as bytes, encoded from any buffer
+            elem = "BytesLike"
+        optional = f.nullable is not None or (not f.is_array and not f.is_struct and self.default_expr(f) == "None")
+        typ = f"Sequence[{elem}]" if f.is_array else elem
+        return f"{typ} | None" if optional else typ
+
+    def gen_annotations(self, sd: StructDef, lines):
+        for f in sd.fields:
+            lines.append(f"    {f.attr}: {self.py_type(f)}")
+
     def gen_init(self, sd: StructDef, lines):
         if not sd.fields:
-            lines.append("    def __init__(self):")
+            lines.append("    def __init__(self) -> None:")
             lines.append("        pass")
             return
         params = []
         assigns = []
         for f in sd.fields:
+            typ = self.py_type(f)
             if f.is_array:
-                params.append(f"{f.attr}=EMPTY")
+                params.append(f"{f.attr}: {typ} = EMPTY")
                 assigns.append(f"        self.{f.attr} = [] if {f.attr} is EMPTY else {f.attr}")
             elif f.is_struct:
-                params.append(f"{f.attr}=None")
+                params.append(f"{f.attr}: {typ} | None = None")
                 assigns.append(f"        self.{f.attr} = {self.modname(f.elem)}() if {f.attr} is None "
                                f"else {f.attr}")
             else:
-                params.append(f"{f.attr}={self.default_expr(f)}")
+                params.append(f"{f.attr}: {typ} = {self.default_expr(f)}")
                 assigns.append(f"        self.{f.attr} = {f.attr}")
-        lines.append("    def __init__(self, *, " + ", ".join(params) + "):")
+        lines.append("    def __init__(self, *, " + ", ".join(params) + ") -> None:")
         lines += assigns
 
     def field_meta(self, f: Field) -> str:
@@ -479,6 +507,7 @@ class Gen:
         for f in sd.fields:
             lines.append(f"        {self.field_meta(f)},")
         lines.append("    )")
+        self.gen_annotations(sd, lines)
         lines.append("")
         self.gen_init(sd, lines)
         lines.append("")
@@ -510,8 +539,12 @@ Every struct of a message, however deeply nested in the schema, is an attribute 
 # flake8: noqa
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, Self
+from uuid import UUID
+
 from aiokprod.protocol.primitives import (
-    EMPTY, ZERO_UUID, Message, Struct, corrupt, pack_f64, pack_i8, pack_i16, pack_i32, pack_i64,
+    EMPTY, BytesLike, ZERO_UUID, Message, Struct, corrupt, pack_f64, pack_i8, pack_i16, pack_i32, pack_i64,
     pack_u16, pack_u32, read_array_len, read_bool, read_bytes, read_compact_array_len,
     read_compact_bytes, read_compact_string, read_string, read_tag_count, read_tag_header, read_uuid,
     unpack_f64, unpack_i8, unpack_i16, unpack_i32, unpack_i64, unpack_u16, unpack_u32,
@@ -519,7 +552,7 @@ from aiokprod.protocol.primitives import (
     write_compact_string, write_string, write_tagged_fields,
 )
 
-_new = object.__new__
+_new = object.__new__  # decode fills a bare instance: no __init__ defaults computed only to be overwritten
 
 '''
 

@@ -1,12 +1,13 @@
 # Type stub for the compiled twin (aiokprod/_native/appender.pyx); the Python twin has the same API.
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, final
 
 from aiokprod.handle import DeliveryHandle
 
 __all__ = ["RecordAppender"]
 
+@final  # a Cython cdef class: cannot be subclassed
 class RecordAppender:
     enabled: bool
     own_partitioner: bool  # read-only

@@ -9,6 +9,13 @@ _BytesLike = bytes | bytearray | memoryview
 _Header = tuple[str | bytes, _BytesLike | None]
 _Headers = Sequence[_Header] | None
 
+__all__ = (
+    "crc32c", "murmur2", "key_partition",
+    "encode_varint", "encode_uvarint", "decode_varint", "decode_uvarint", "size_of_varint", "size_of_uvarint",
+    "record_size_upper_bound", "RecordBatchBuilder", "RecordBatch", "Record", "decode_record_batches",
+    "BATCH_HEADER_SIZE", "RECORD_OVERHEAD_MAX",
+)
+
 BATCH_HEADER_SIZE: Final[int]
 RECORD_OVERHEAD_MAX: Final[int]
 

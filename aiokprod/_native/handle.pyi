@@ -1,17 +1,19 @@
 # Type stub for the compiled twin (aiokprod/_native/handle.pyx); the Python twin has the same API.
 from asyncio import AbstractEventLoop, CancelledError
 from contextvars import Context
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Generator, final
 
 from aiokprod.metadata import RecordMetadata as RecordMetadata
 
 __all__ = ["BatchCompletion", "DeliveryHandle", "RecordMetadata"]
 
+@final  # a Cython cdef class: cannot be subclassed
 class BatchCompletion:
     loop: AbstractEventLoop  # read-only
     topic: str  # read-only
     partition: int  # read-only
-    def __init__(self, loop: AbstractEventLoop, topic: str, partition: int) -> None: ...
+    # Built by __cinit__ in the compiled twin, hence __new__ here.
+    def __new__(cls, loop: AbstractEventLoop, topic: str, partition: int) -> BatchCompletion: ...
     def __len__(self) -> int: ...
     @property
     def done(self) -> bool: ...
@@ -30,6 +32,7 @@ class BatchCompletion:
     def resolve(self, base_offset: int, log_append_time: int = -1) -> bool: ...
     def fail(self, exc: BaseException | type[BaseException]) -> bool: ...
 
+@final  # a Cython cdef class: cannot be subclassed
 class DeliveryHandle:
     _asyncio_future_blocking: bool
     _cancel_message: Any  # read-only

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextvars
 from asyncio import CancelledError, InvalidStateError
-from typing import Any, Callable
+from types import TracebackType
+from typing import Any, Callable, Generator, Optional
 
 from aiokprod.metadata import RecordMetadata
 
@@ -31,7 +32,7 @@ def _handle_index(handle: DeliveryHandle) -> int:
     return handle._index
 
 
-def _run_callback(loop: Any, fn: Callable, context: Any, arg: Any) -> None:
+def _run_callback(loop: Any, fn: Callable[[Any], Any], context: Any, arg: Any) -> None:
     """Run one callback as asyncio's Handle._run does: errors go to the loop's exception handler and do
     not stop later callbacks; SystemExit/KeyboardInterrupt propagate (callers reschedule the rest)."""
     try:
@@ -77,12 +78,12 @@ class BatchCompletion:
         self._base_offset = -1
         self._log_append_time = -1
         self._exc: BaseException | None = None
-        self._exc_tb = None
+        self._exc_tb: Optional[TracebackType] = None
         # Only handles somebody registered a callback on: unawaited handles make no reference cycle.
         self._waiters: list[DeliveryHandle] | None = None
         self._last_waiter_index = -1
         self._waiters_unordered = False
-        self._batch_callbacks: list[Callable] | None = None
+        self._batch_callbacks: list[Callable[[BatchCompletion], Any]] | None = None
         # Where _run() resumes if a callback raised SystemExit/KeyboardInterrupt out of it.
         self._batch_cursor = 0
         self._waiter_cursor = 0
@@ -209,7 +210,7 @@ class BatchCompletion:
         loop = self.loop
         if self._state == _SETTLED:
             self._state = _DONE
-            if self._waiters_unordered:
+            if self._waiters_unordered and self._waiters is not None:
                 # Callbacks in record (offset) order, whatever order the awaiters registered in.
                 self._waiters.sort(key=_handle_index)
         try:
@@ -250,9 +251,9 @@ class DeliveryHandle:
         self._cancelled = False
         self._registered = False
         # The first callback in two slots (the common case: one Task or one gather), the rest in a list.
-        self._cb0 = None
+        self._cb0: Optional[Callable[[DeliveryHandle], Any]] = None
         self._ctx0 = None
-        self._more: list[tuple[Callable, Any]] | None = None
+        self._more: list[tuple[Callable[[DeliveryHandle], Any], Any]] | None = None
         self._cancel_message = None
 
     def __repr__(self) -> str:
@@ -336,7 +337,7 @@ class DeliveryHandle:
             self._registered = True
             self._completion._register(self)
 
-    def remove_done_callback(self, fn: Callable) -> int:
+    def remove_done_callback(self, fn: Callable[[DeliveryHandle], Any]) -> int:
         """Remove every registration of ``fn``; return how many were removed."""
         removed = 0
         if self._more is not None:
@@ -377,7 +378,7 @@ class DeliveryHandle:
             raise InvalidStateError("Exception is not set.")
         return c._exc
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, RecordMetadata]:
         if not (self._cancelled or self._completion._state == _DONE):
             self._asyncio_future_blocking = True
             yield self

@@ -11,8 +11,12 @@ Every struct of a message, however deeply nested in the schema, is an attribute 
 # flake8: noqa
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, Self
+from uuid import UUID
+
 from aiokprod.protocol.primitives import (
-    EMPTY, ZERO_UUID, Message, Struct, corrupt, pack_f64, pack_i8, pack_i16, pack_i32, pack_i64,
+    EMPTY, BytesLike, ZERO_UUID, Message, Struct, corrupt, pack_f64, pack_i8, pack_i16, pack_i32, pack_i64,
     pack_u16, pack_u32, read_array_len, read_bool, read_bytes, read_compact_array_len,
     read_compact_bytes, read_compact_string, read_string, read_tag_count, read_tag_header, read_uuid,
     unpack_f64, unpack_i8, unpack_i16, unpack_i32, unpack_i64, unpack_u16, unpack_u32,
@@ -20,7 +24,7 @@ from aiokprod.protocol.primitives import (
     write_compact_string, write_string, write_tagged_fields,
 )
 
-_new = object.__new__
+_new = object.__new__  # decode fills a bare instance: no __init__ defaults computed only to be overwritten
 
 
 # ---- RequestHeader ---------------------------------------------------------------------------------
@@ -39,14 +43,19 @@ class RequestHeader(Message):
         ('correlation_id', 'int32', (0, 2), None, None, None),
         ('client_id', 'string', (1, 2), (1, 2), None, None),
     )
+    request_api_key: int
+    request_api_version: int
+    correlation_id: int
+    client_id: str | None
 
-    def __init__(self, *, request_api_key=0, request_api_version=0, correlation_id=0, client_id=None):
+    def __init__(self, *, request_api_key: int = 0, request_api_version: int = 0, correlation_id: int = 0, client_id: str | None = None) -> None:
         self.request_api_key = request_api_key
         self.request_api_version = request_api_version
         self.correlation_id = correlation_id
         self.client_id = client_id
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 2
         v = self.request_api_key
         out += pack_i16(v)
@@ -61,7 +70,8 @@ class RequestHeader(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 2
         (v,) = unpack_i16(buf, pos)
@@ -99,11 +109,13 @@ class ResponseHeader(Message):
     _FIELDS = (
         ('correlation_id', 'int32', (0, 1), None, None, None),
     )
+    correlation_id: int
 
-    def __init__(self, *, correlation_id=0):
+    def __init__(self, *, correlation_id: int = 0) -> None:
         self.correlation_id = correlation_id
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 1
         v = self.correlation_id
         out += pack_i32(v)
@@ -111,7 +123,8 @@ class ResponseHeader(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 1
         (v,) = unpack_i32(buf, pos)
@@ -139,12 +152,15 @@ class ApiVersionsRequest(Message):
         ('client_software_name', 'string', (3, 4), None, None, None),
         ('client_software_version', 'string', (3, 4), None, None, None),
     )
+    client_software_name: str
+    client_software_version: str
 
-    def __init__(self, *, client_software_name='', client_software_version=''):
+    def __init__(self, *, client_software_name: str = '', client_software_version: str = '') -> None:
         self.client_software_name = client_software_name
         self.client_software_version = client_software_version
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         if version >= 3:
             v = self.client_software_name
             if v is None:
@@ -159,7 +175,8 @@ class ApiVersionsRequest(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         if version >= 3:
             v, pos = read_compact_string(buf, pos)
@@ -196,13 +213,17 @@ class _ApiVersionsResponse_ApiVersion(Struct):
         ('min_version', 'int16', (0, 4), None, None, None),
         ('max_version', 'int16', (0, 4), None, None, None),
     )
+    api_key: int
+    min_version: int
+    max_version: int
 
-    def __init__(self, *, api_key=0, min_version=0, max_version=0):
+    def __init__(self, *, api_key: int = 0, min_version: int = 0, max_version: int = 0) -> None:
         self.api_key = api_key
         self.min_version = min_version
         self.max_version = max_version
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.api_key
         out += pack_i16(v)
@@ -214,7 +235,8 @@ class _ApiVersionsResponse_ApiVersion(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 3
         (v,) = unpack_i16(buf, pos)
@@ -245,13 +267,17 @@ class _ApiVersionsResponse_SupportedFeatureKey(Struct):
         ('min_version', 'int16', (3, 4), None, None, None),
         ('max_version', 'int16', (3, 4), None, None, None),
     )
+    name: str
+    min_version: int
+    max_version: int
 
-    def __init__(self, *, name='', min_version=0, max_version=0):
+    def __init__(self, *, name: str = '', min_version: int = 0, max_version: int = 0) -> None:
         self.name = name
         self.min_version = min_version
         self.max_version = max_version
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         if version >= 3:
             v = self.name
             if v is None:
@@ -267,7 +293,8 @@ class _ApiVersionsResponse_SupportedFeatureKey(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         if version >= 3:
             v, pos = read_compact_string(buf, pos)
@@ -307,13 +334,17 @@ class _ApiVersionsResponse_FinalizedFeatureKey(Struct):
         ('max_version_level', 'int16', (3, 4), None, None, None),
         ('min_version_level', 'int16', (3, 4), None, None, None),
     )
+    name: str
+    max_version_level: int
+    min_version_level: int
 
-    def __init__(self, *, name='', max_version_level=0, min_version_level=0):
+    def __init__(self, *, name: str = '', max_version_level: int = 0, min_version_level: int = 0) -> None:
         self.name = name
         self.max_version_level = max_version_level
         self.min_version_level = min_version_level
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         if version >= 3:
             v = self.name
             if v is None:
@@ -329,7 +360,8 @@ class _ApiVersionsResponse_FinalizedFeatureKey(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         if version >= 3:
             v, pos = read_compact_string(buf, pos)
@@ -378,8 +410,15 @@ class ApiVersionsResponse(Message):
         ('finalized_features', '[]FinalizedFeatureKey', (3, 4), None, 2, 'FinalizedFeatureKey'),
         ('zk_migration_ready', 'bool', (3, 4), None, 3, None),
     )
+    error_code: int
+    api_keys: Sequence[_ApiVersionsResponse_ApiVersion]
+    throttle_time_ms: int
+    supported_features: Sequence[_ApiVersionsResponse_SupportedFeatureKey]
+    finalized_features_epoch: int
+    finalized_features: Sequence[_ApiVersionsResponse_FinalizedFeatureKey]
+    zk_migration_ready: bool
 
-    def __init__(self, *, error_code=0, api_keys=EMPTY, throttle_time_ms=0, supported_features=EMPTY, finalized_features_epoch=-1, finalized_features=EMPTY, zk_migration_ready=False):
+    def __init__(self, *, error_code: int = 0, api_keys: Sequence[_ApiVersionsResponse_ApiVersion] = EMPTY, throttle_time_ms: int = 0, supported_features: Sequence[_ApiVersionsResponse_SupportedFeatureKey] = EMPTY, finalized_features_epoch: int = -1, finalized_features: Sequence[_ApiVersionsResponse_FinalizedFeatureKey] = EMPTY, zk_migration_ready: bool = False) -> None:
         self.error_code = error_code
         self.api_keys = [] if api_keys is EMPTY else api_keys
         self.throttle_time_ms = throttle_time_ms
@@ -388,7 +427,8 @@ class ApiVersionsResponse(Message):
         self.finalized_features = [] if finalized_features is EMPTY else finalized_features
         self.zk_migration_ready = zk_migration_ready
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.error_code
         out += pack_i16(v)
@@ -429,7 +469,9 @@ class ApiVersionsResponse(Message):
             write_tagged_fields(out, tagged)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 3
         (v,) = unpack_i16(buf, pos)
@@ -510,12 +552,15 @@ class _MetadataRequest_MetadataRequestTopic(Struct):
         ('topic_id', 'uuid', (10, 12), None, None, None),
         ('name', 'string', (0, 12), (10, 12), None, None),
     )
+    topic_id: UUID
+    name: str | None
 
-    def __init__(self, *, topic_id=ZERO_UUID, name=None):
+    def __init__(self, *, topic_id: UUID = ZERO_UUID, name: str | None = None) -> None:
         self.topic_id = topic_id
         self.name = name
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 9
         if version >= 10:
             v = self.topic_id
@@ -531,7 +576,8 @@ class _MetadataRequest_MetadataRequestTopic(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 9
         if version >= 10:
@@ -570,14 +616,19 @@ class MetadataRequest(Message):
         ('include_cluster_authorized_operations', 'bool', (8, 10), None, None, None),
         ('include_topic_authorized_operations', 'bool', (8, 12), None, None, None),
     )
+    topics: Sequence[_MetadataRequest_MetadataRequestTopic] | None
+    allow_auto_topic_creation: bool
+    include_cluster_authorized_operations: bool
+    include_topic_authorized_operations: bool
 
-    def __init__(self, *, topics=EMPTY, allow_auto_topic_creation=True, include_cluster_authorized_operations=False, include_topic_authorized_operations=False):
+    def __init__(self, *, topics: Sequence[_MetadataRequest_MetadataRequestTopic] | None = EMPTY, allow_auto_topic_creation: bool = True, include_cluster_authorized_operations: bool = False, include_topic_authorized_operations: bool = False) -> None:
         self.topics = [] if topics is EMPTY else topics
         self.allow_auto_topic_creation = allow_auto_topic_creation
         self.include_cluster_authorized_operations = include_cluster_authorized_operations
         self.include_topic_authorized_operations = include_topic_authorized_operations
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 9
         v = self.topics
         if v is None and not (version >= 1):
@@ -602,7 +653,9 @@ class MetadataRequest(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 9
         if flex:
@@ -657,14 +710,19 @@ class _MetadataResponse_MetadataResponseBroker(Struct):
         ('port', 'int32', (0, 12), None, None, None),
         ('rack', 'string', (1, 12), (1, 12), None, None),
     )
+    node_id: int
+    host: str
+    port: int
+    rack: str | None
 
-    def __init__(self, *, node_id=0, host='', port=0, rack=None):
+    def __init__(self, *, node_id: int = 0, host: str = '', port: int = 0, rack: str | None = None) -> None:
         self.node_id = node_id
         self.host = host
         self.port = port
         self.rack = rack
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 9
         v = self.node_id
         out += pack_i32(v)
@@ -687,7 +745,8 @@ class _MetadataResponse_MetadataResponseBroker(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 9
         (v,) = unpack_i32(buf, pos)
@@ -734,8 +793,15 @@ class _MetadataResponse_MetadataResponsePartition(Struct):
         ('isr_nodes', '[]int32', (0, 12), None, None, None),
         ('offline_replicas', '[]int32', (5, 12), None, None, None),
     )
+    error_code: int
+    partition_index: int
+    leader_id: int
+    leader_epoch: int
+    replica_nodes: Sequence[int]
+    isr_nodes: Sequence[int]
+    offline_replicas: Sequence[int]
 
-    def __init__(self, *, error_code=0, partition_index=0, leader_id=0, leader_epoch=-1, replica_nodes=EMPTY, isr_nodes=EMPTY, offline_replicas=EMPTY):
+    def __init__(self, *, error_code: int = 0, partition_index: int = 0, leader_id: int = 0, leader_epoch: int = -1, replica_nodes: Sequence[int] = EMPTY, isr_nodes: Sequence[int] = EMPTY, offline_replicas: Sequence[int] = EMPTY) -> None:
         self.error_code = error_code
         self.partition_index = partition_index
         self.leader_id = leader_id
@@ -744,7 +810,8 @@ class _MetadataResponse_MetadataResponsePartition(Struct):
         self.isr_nodes = [] if isr_nodes is EMPTY else isr_nodes
         self.offline_replicas = [] if offline_replicas is EMPTY else offline_replicas
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 9
         v = self.error_code
         out += pack_i16(v)
@@ -781,7 +848,8 @@ class _MetadataResponse_MetadataResponsePartition(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 9
         (v,) = unpack_i16(buf, pos)
@@ -869,8 +937,14 @@ class _MetadataResponse_MetadataResponseTopic(Struct):
         ('partitions', '[]MetadataResponsePartition', (0, 12), None, None, 'MetadataResponsePartition'),
         ('topic_authorized_operations', 'int32', (8, 12), None, None, None),
     )
+    error_code: int
+    name: str | None
+    topic_id: UUID
+    is_internal: bool
+    partitions: Sequence[_MetadataResponse_MetadataResponsePartition]
+    topic_authorized_operations: int
 
-    def __init__(self, *, error_code=0, name=None, topic_id=ZERO_UUID, is_internal=False, partitions=EMPTY, topic_authorized_operations=-2147483648):
+    def __init__(self, *, error_code: int = 0, name: str | None = None, topic_id: UUID = ZERO_UUID, is_internal: bool = False, partitions: Sequence[_MetadataResponse_MetadataResponsePartition] = EMPTY, topic_authorized_operations: int = -2147483648) -> None:
         self.error_code = error_code
         self.name = name
         self.topic_id = topic_id
@@ -878,7 +952,8 @@ class _MetadataResponse_MetadataResponseTopic(Struct):
         self.partitions = [] if partitions is EMPTY else partitions
         self.topic_authorized_operations = topic_authorized_operations
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 9
         v = self.error_code
         out += pack_i16(v)
@@ -911,7 +986,9 @@ class _MetadataResponse_MetadataResponseTopic(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 9
         (v,) = unpack_i16(buf, pos)
@@ -982,8 +1059,14 @@ class MetadataResponse(Message):
         ('topics', '[]MetadataResponseTopic', (0, 12), None, None, 'MetadataResponseTopic'),
         ('cluster_authorized_operations', 'int32', (8, 10), None, None, None),
     )
+    throttle_time_ms: int
+    brokers: Sequence[_MetadataResponse_MetadataResponseBroker]
+    cluster_id: str | None
+    controller_id: int
+    topics: Sequence[_MetadataResponse_MetadataResponseTopic]
+    cluster_authorized_operations: int
 
-    def __init__(self, *, throttle_time_ms=0, brokers=EMPTY, cluster_id=None, controller_id=-1, topics=EMPTY, cluster_authorized_operations=-2147483648):
+    def __init__(self, *, throttle_time_ms: int = 0, brokers: Sequence[_MetadataResponse_MetadataResponseBroker] = EMPTY, cluster_id: str | None = None, controller_id: int = -1, topics: Sequence[_MetadataResponse_MetadataResponseTopic] = EMPTY, cluster_authorized_operations: int = -2147483648) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.brokers = [] if brokers is EMPTY else brokers
         self.cluster_id = cluster_id
@@ -991,7 +1074,8 @@ class MetadataResponse(Message):
         self.topics = [] if topics is EMPTY else topics
         self.cluster_authorized_operations = cluster_authorized_operations
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 9
         if version >= 3:
             v = self.throttle_time_ms
@@ -1030,7 +1114,9 @@ class MetadataResponse(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 9
         if version >= 3:
@@ -1107,12 +1193,15 @@ class _ProduceRequest_PartitionProduceData(Struct):
         ('index', 'int32', (0, 11), None, None, None),
         ('records', 'records', (0, 11), (0, 11), None, None),
     )
+    index: int
+    records: BytesLike | None
 
-    def __init__(self, *, index=0, records=None):
+    def __init__(self, *, index: int = 0, records: BytesLike | None = None) -> None:
         self.index = index
         self.records = records
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 9
         v = self.index
         out += pack_i32(v)
@@ -1125,7 +1214,8 @@ class _ProduceRequest_PartitionProduceData(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 9
         (v,) = unpack_i32(buf, pos)
@@ -1154,12 +1244,15 @@ class _ProduceRequest_TopicProduceData(Struct):
         ('name', 'string', (0, 11), None, None, None),
         ('partition_data', '[]PartitionProduceData', (0, 11), None, None, 'PartitionProduceData'),
     )
+    name: str
+    partition_data: Sequence[_ProduceRequest_PartitionProduceData]
 
-    def __init__(self, *, name='', partition_data=EMPTY):
+    def __init__(self, *, name: str = '', partition_data: Sequence[_ProduceRequest_PartitionProduceData] = EMPTY) -> None:
         self.name = name
         self.partition_data = [] if partition_data is EMPTY else partition_data
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 9
         v = self.name
         if v is None:
@@ -1181,7 +1274,9 @@ class _ProduceRequest_TopicProduceData(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 9
         if flex:
@@ -1229,14 +1324,19 @@ class ProduceRequest(Message):
         ('timeout_ms', 'int32', (0, 11), None, None, None),
         ('topic_data', '[]TopicProduceData', (0, 11), None, None, 'TopicProduceData'),
     )
+    transactional_id: str | None
+    acks: int
+    timeout_ms: int
+    topic_data: Sequence[_ProduceRequest_TopicProduceData]
 
-    def __init__(self, *, transactional_id=None, acks=0, timeout_ms=0, topic_data=EMPTY):
+    def __init__(self, *, transactional_id: str | None = None, acks: int = 0, timeout_ms: int = 0, topic_data: Sequence[_ProduceRequest_TopicProduceData] = EMPTY) -> None:
         self.transactional_id = transactional_id
         self.acks = acks
         self.timeout_ms = timeout_ms
         self.topic_data = [] if topic_data is EMPTY else topic_data
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 9
         if version >= 3:
             v = self.transactional_id
@@ -1261,7 +1361,9 @@ class ProduceRequest(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 9
         if version >= 3:
@@ -1312,12 +1414,15 @@ class _ProduceResponse_BatchIndexAndErrorMessage(Struct):
         ('batch_index', 'int32', (8, 11), None, None, None),
         ('batch_index_error_message', 'string', (8, 11), (8, 11), None, None),
     )
+    batch_index: int
+    batch_index_error_message: str | None
 
-    def __init__(self, *, batch_index=0, batch_index_error_message=None):
+    def __init__(self, *, batch_index: int = 0, batch_index_error_message: str | None = None) -> None:
         self.batch_index = batch_index
         self.batch_index_error_message = batch_index_error_message
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 9
         if version >= 8:
             v = self.batch_index
@@ -1332,7 +1437,8 @@ class _ProduceResponse_BatchIndexAndErrorMessage(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 9
         if version >= 8:
@@ -1367,12 +1473,15 @@ class _ProduceResponse_LeaderIdAndEpoch(Struct):
         ('leader_id', 'int32', (10, 11), None, None, None),
         ('leader_epoch', 'int32', (10, 11), None, None, None),
     )
+    leader_id: int
+    leader_epoch: int
 
-    def __init__(self, *, leader_id=-1, leader_epoch=-1):
+    def __init__(self, *, leader_id: int = -1, leader_epoch: int = -1) -> None:
         self.leader_id = leader_id
         self.leader_epoch = leader_epoch
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         if version >= 10:
             v = self.leader_id
             out += pack_i32(v)
@@ -1383,7 +1492,8 @@ class _ProduceResponse_LeaderIdAndEpoch(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         if version >= 10:
             (v,) = unpack_i32(buf, pos)
@@ -1421,8 +1531,16 @@ class _ProduceResponse_PartitionProduceResponse(Struct):
         ('error_message', 'string', (8, 11), (8, 11), None, None),
         ('current_leader', 'LeaderIdAndEpoch', (10, 11), None, 0, 'LeaderIdAndEpoch'),
     )
+    index: int
+    error_code: int
+    base_offset: int
+    log_append_time_ms: int
+    log_start_offset: int
+    record_errors: Sequence[_ProduceResponse_BatchIndexAndErrorMessage]
+    error_message: str | None
+    current_leader: _ProduceResponse_LeaderIdAndEpoch
 
-    def __init__(self, *, index=0, error_code=0, base_offset=0, log_append_time_ms=-1, log_start_offset=-1, record_errors=EMPTY, error_message=None, current_leader=None):
+    def __init__(self, *, index: int = 0, error_code: int = 0, base_offset: int = 0, log_append_time_ms: int = -1, log_start_offset: int = -1, record_errors: Sequence[_ProduceResponse_BatchIndexAndErrorMessage] = EMPTY, error_message: str | None = None, current_leader: _ProduceResponse_LeaderIdAndEpoch | None = None) -> None:
         self.index = index
         self.error_code = error_code
         self.base_offset = base_offset
@@ -1432,7 +1550,8 @@ class _ProduceResponse_PartitionProduceResponse(Struct):
         self.error_message = error_message
         self.current_leader = _ProduceResponse_LeaderIdAndEpoch() if current_leader is None else current_leader
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 9
         v = self.index
         out += pack_i32(v)
@@ -1471,7 +1590,9 @@ class _ProduceResponse_PartitionProduceResponse(Struct):
             write_tagged_fields(out, tagged)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 9
         (v,) = unpack_i32(buf, pos)
@@ -1542,12 +1663,15 @@ class _ProduceResponse_TopicProduceResponse(Struct):
         ('name', 'string', (0, 11), None, None, None),
         ('partition_responses', '[]PartitionProduceResponse', (0, 11), None, None, 'PartitionProduceResponse'),
     )
+    name: str
+    partition_responses: Sequence[_ProduceResponse_PartitionProduceResponse]
 
-    def __init__(self, *, name='', partition_responses=EMPTY):
+    def __init__(self, *, name: str = '', partition_responses: Sequence[_ProduceResponse_PartitionProduceResponse] = EMPTY) -> None:
         self.name = name
         self.partition_responses = [] if partition_responses is EMPTY else partition_responses
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 9
         v = self.name
         if v is None:
@@ -1569,7 +1693,9 @@ class _ProduceResponse_TopicProduceResponse(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 9
         if flex:
@@ -1613,14 +1739,19 @@ class _ProduceResponse_NodeEndpoint(Struct):
         ('port', 'int32', (10, 11), None, None, None),
         ('rack', 'string', (10, 11), (10, 11), None, None),
     )
+    node_id: int
+    host: str
+    port: int
+    rack: str | None
 
-    def __init__(self, *, node_id=0, host='', port=0, rack=None):
+    def __init__(self, *, node_id: int = 0, host: str = '', port: int = 0, rack: str | None = None) -> None:
         self.node_id = node_id
         self.host = host
         self.port = port
         self.rack = rack
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         if version >= 10:
             v = self.node_id
             out += pack_i32(v)
@@ -1639,7 +1770,8 @@ class _ProduceResponse_NodeEndpoint(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         if version >= 10:
             (v,) = unpack_i32(buf, pos)
@@ -1691,13 +1823,17 @@ class ProduceResponse(Message):
         ('throttle_time_ms', 'int32', (1, 11), None, None, None),
         ('node_endpoints', '[]NodeEndpoint', (10, 11), None, 0, 'NodeEndpoint'),
     )
+    responses: Sequence[_ProduceResponse_TopicProduceResponse]
+    throttle_time_ms: int
+    node_endpoints: Sequence[_ProduceResponse_NodeEndpoint]
 
-    def __init__(self, *, responses=EMPTY, throttle_time_ms=0, node_endpoints=EMPTY):
+    def __init__(self, *, responses: Sequence[_ProduceResponse_TopicProduceResponse] = EMPTY, throttle_time_ms: int = 0, node_endpoints: Sequence[_ProduceResponse_NodeEndpoint] = EMPTY) -> None:
         self.responses = [] if responses is EMPTY else responses
         self.throttle_time_ms = throttle_time_ms
         self.node_endpoints = [] if node_endpoints is EMPTY else node_endpoints
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 9
         v = self.responses
         if v is None:
@@ -1722,7 +1858,9 @@ class ProduceResponse(Message):
             write_tagged_fields(out, tagged)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 9
         if flex:
@@ -1782,14 +1920,19 @@ class InitProducerIdRequest(Message):
         ('producer_id', 'int64', (3, 5), None, None, None),
         ('producer_epoch', 'int16', (3, 5), None, None, None),
     )
+    transactional_id: str | None
+    transaction_timeout_ms: int
+    producer_id: int
+    producer_epoch: int
 
-    def __init__(self, *, transactional_id=None, transaction_timeout_ms=0, producer_id=-1, producer_epoch=-1):
+    def __init__(self, *, transactional_id: str | None = None, transaction_timeout_ms: int = 0, producer_id: int = -1, producer_epoch: int = -1) -> None:
         self.transactional_id = transactional_id
         self.transaction_timeout_ms = transaction_timeout_ms
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 2
         v = self.transactional_id
         if flex:
@@ -1808,7 +1951,8 @@ class InitProducerIdRequest(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 2
         if flex:
@@ -1855,14 +1999,19 @@ class InitProducerIdResponse(Message):
         ('producer_id', 'int64', (0, 5), None, None, None),
         ('producer_epoch', 'int16', (0, 5), None, None, None),
     )
+    throttle_time_ms: int
+    error_code: int
+    producer_id: int
+    producer_epoch: int
 
-    def __init__(self, *, throttle_time_ms=0, error_code=0, producer_id=-1, producer_epoch=0):
+    def __init__(self, *, throttle_time_ms: int = 0, error_code: int = 0, producer_id: int = -1, producer_epoch: int = 0) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 2
         v = self.throttle_time_ms
         out += pack_i32(v)
@@ -1876,7 +2025,8 @@ class InitProducerIdResponse(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 2
         (v,) = unpack_i32(buf, pos)
@@ -1914,13 +2064,17 @@ class FindCoordinatorRequest(Message):
         ('key_type', 'int8', (1, 6), None, None, None),
         ('coordinator_keys', '[]string', (4, 6), None, None, None),
     )
+    key: str
+    key_type: int
+    coordinator_keys: Sequence[str]
 
-    def __init__(self, *, key='', key_type=0, coordinator_keys=EMPTY):
+    def __init__(self, *, key: str = '', key_type: int = 0, coordinator_keys: Sequence[str] = EMPTY) -> None:
         self.key = key
         self.key_type = key_type
         self.coordinator_keys = [] if coordinator_keys is EMPTY else coordinator_keys
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         if version <= 3:
             v = self.key
@@ -1944,7 +2098,9 @@ class FindCoordinatorRequest(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 3
         if version <= 3:
@@ -2003,8 +2159,14 @@ class _FindCoordinatorResponse_Coordinator(Struct):
         ('error_code', 'int16', (4, 6), None, None, None),
         ('error_message', 'string', (4, 6), (4, 6), None, None),
     )
+    key: str
+    node_id: int
+    host: str
+    port: int
+    error_code: int
+    error_message: str | None
 
-    def __init__(self, *, key='', node_id=0, host='', port=0, error_code=0, error_message=None):
+    def __init__(self, *, key: str = '', node_id: int = 0, host: str = '', port: int = 0, error_code: int = 0, error_message: str | None = None) -> None:
         self.key = key
         self.node_id = node_id
         self.host = host
@@ -2012,7 +2174,8 @@ class _FindCoordinatorResponse_Coordinator(Struct):
         self.error_code = error_code
         self.error_message = error_message
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         if version >= 4:
             v = self.key
             if v is None:
@@ -2039,7 +2202,8 @@ class _FindCoordinatorResponse_Coordinator(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         if version >= 4:
             v, pos = read_compact_string(buf, pos)
@@ -2104,8 +2268,15 @@ class FindCoordinatorResponse(Message):
         ('port', 'int32', (0, 3), None, None, None),
         ('coordinators', '[]Coordinator', (4, 6), None, None, 'Coordinator'),
     )
+    throttle_time_ms: int
+    error_code: int
+    error_message: str | None
+    node_id: int
+    host: str
+    port: int
+    coordinators: Sequence[_FindCoordinatorResponse_Coordinator]
 
-    def __init__(self, *, throttle_time_ms=0, error_code=0, error_message=None, node_id=0, host='', port=0, coordinators=EMPTY):
+    def __init__(self, *, throttle_time_ms: int = 0, error_code: int = 0, error_message: str | None = None, node_id: int = 0, host: str = '', port: int = 0, coordinators: Sequence[_FindCoordinatorResponse_Coordinator] = EMPTY) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.error_message = error_message
@@ -2114,7 +2285,8 @@ class FindCoordinatorResponse(Message):
         self.port = port
         self.coordinators = [] if coordinators is EMPTY else coordinators
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         if version >= 1:
             v = self.throttle_time_ms
@@ -2153,7 +2325,9 @@ class FindCoordinatorResponse(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 3
         if version >= 1:
@@ -2232,12 +2406,15 @@ class _AddPartitionsToTxnRequest_AddPartitionsToTxnTopic(Struct):
         ('name', 'string', (0, 5), None, None, None),
         ('partitions', '[]int32', (0, 5), None, None, None),
     )
+    name: str
+    partitions: Sequence[int]
 
-    def __init__(self, *, name='', partitions=EMPTY):
+    def __init__(self, *, name: str = '', partitions: Sequence[int] = EMPTY) -> None:
         self.name = name
         self.partitions = [] if partitions is EMPTY else partitions
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.name
         if v is None:
@@ -2257,7 +2434,8 @@ class _AddPartitionsToTxnRequest_AddPartitionsToTxnTopic(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 3
         if flex:
@@ -2303,15 +2481,21 @@ class _AddPartitionsToTxnRequest_AddPartitionsToTxnTransaction(Struct):
         ('verify_only', 'bool', (4, 5), None, None, None),
         ('topics', '[]AddPartitionsToTxnTopic', (4, 5), None, None, 'AddPartitionsToTxnTopic'),
     )
+    transactional_id: str
+    producer_id: int
+    producer_epoch: int
+    verify_only: bool
+    topics: Sequence[_AddPartitionsToTxnRequest_AddPartitionsToTxnTopic]
 
-    def __init__(self, *, transactional_id='', producer_id=0, producer_epoch=0, verify_only=False, topics=EMPTY):
+    def __init__(self, *, transactional_id: str = '', producer_id: int = 0, producer_epoch: int = 0, verify_only: bool = False, topics: Sequence[_AddPartitionsToTxnRequest_AddPartitionsToTxnTopic] = EMPTY) -> None:
         self.transactional_id = transactional_id
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
         self.verify_only = verify_only
         self.topics = [] if topics is EMPTY else topics
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         if version >= 4:
             v = self.transactional_id
             if v is None:
@@ -2337,7 +2521,9 @@ class _AddPartitionsToTxnRequest_AddPartitionsToTxnTransaction(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         if version >= 4:
             v, pos = read_compact_string(buf, pos)
@@ -2402,15 +2588,21 @@ class AddPartitionsToTxnRequest(Message):
         ('v3_and_below_producer_epoch', 'int16', (0, 3), None, None, None),
         ('v3_and_below_topics', '[]AddPartitionsToTxnTopic', (0, 3), None, None, 'AddPartitionsToTxnTopic'),
     )
+    transactions: Sequence[_AddPartitionsToTxnRequest_AddPartitionsToTxnTransaction]
+    v3_and_below_transactional_id: str
+    v3_and_below_producer_id: int
+    v3_and_below_producer_epoch: int
+    v3_and_below_topics: Sequence[_AddPartitionsToTxnRequest_AddPartitionsToTxnTopic]
 
-    def __init__(self, *, transactions=EMPTY, v3_and_below_transactional_id='', v3_and_below_producer_id=0, v3_and_below_producer_epoch=0, v3_and_below_topics=EMPTY):
+    def __init__(self, *, transactions: Sequence[_AddPartitionsToTxnRequest_AddPartitionsToTxnTransaction] = EMPTY, v3_and_below_transactional_id: str = '', v3_and_below_producer_id: int = 0, v3_and_below_producer_epoch: int = 0, v3_and_below_topics: Sequence[_AddPartitionsToTxnRequest_AddPartitionsToTxnTopic] = EMPTY) -> None:
         self.transactions = [] if transactions is EMPTY else transactions
         self.v3_and_below_transactional_id = v3_and_below_transactional_id
         self.v3_and_below_producer_id = v3_and_below_producer_id
         self.v3_and_below_producer_epoch = v3_and_below_producer_epoch
         self.v3_and_below_topics = [] if v3_and_below_topics is EMPTY else v3_and_below_topics
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         if version >= 4:
             v = self.transactions
@@ -2447,7 +2639,9 @@ class AddPartitionsToTxnRequest(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 3
         if version >= 4:
@@ -2523,12 +2717,15 @@ class _AddPartitionsToTxnResponse_AddPartitionsToTxnPartitionResult(Struct):
         ('partition_index', 'int32', (0, 5), None, None, None),
         ('partition_error_code', 'int16', (0, 5), None, None, None),
     )
+    partition_index: int
+    partition_error_code: int
 
-    def __init__(self, *, partition_index=0, partition_error_code=0):
+    def __init__(self, *, partition_index: int = 0, partition_error_code: int = 0) -> None:
         self.partition_index = partition_index
         self.partition_error_code = partition_error_code
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.partition_index
         out += pack_i32(v)
@@ -2538,7 +2735,8 @@ class _AddPartitionsToTxnResponse_AddPartitionsToTxnPartitionResult(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 3
         (v,) = unpack_i32(buf, pos)
@@ -2565,12 +2763,15 @@ class _AddPartitionsToTxnResponse_AddPartitionsToTxnTopicResult(Struct):
         ('name', 'string', (0, 5), None, None, None),
         ('results_by_partition', '[]AddPartitionsToTxnPartitionResult', (0, 5), None, None, 'AddPartitionsToTxnPartitionResult'),
     )
+    name: str
+    results_by_partition: Sequence[_AddPartitionsToTxnResponse_AddPartitionsToTxnPartitionResult]
 
-    def __init__(self, *, name='', results_by_partition=EMPTY):
+    def __init__(self, *, name: str = '', results_by_partition: Sequence[_AddPartitionsToTxnResponse_AddPartitionsToTxnPartitionResult] = EMPTY) -> None:
         self.name = name
         self.results_by_partition = [] if results_by_partition is EMPTY else results_by_partition
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.name
         if v is None:
@@ -2592,7 +2793,9 @@ class _AddPartitionsToTxnResponse_AddPartitionsToTxnTopicResult(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 3
         if flex:
@@ -2634,12 +2837,15 @@ class _AddPartitionsToTxnResponse_AddPartitionsToTxnResult(Struct):
         ('transactional_id', 'string', (4, 5), None, None, None),
         ('topic_results', '[]AddPartitionsToTxnTopicResult', (4, 5), None, None, 'AddPartitionsToTxnTopicResult'),
     )
+    transactional_id: str
+    topic_results: Sequence[_AddPartitionsToTxnResponse_AddPartitionsToTxnTopicResult]
 
-    def __init__(self, *, transactional_id='', topic_results=EMPTY):
+    def __init__(self, *, transactional_id: str = '', topic_results: Sequence[_AddPartitionsToTxnResponse_AddPartitionsToTxnTopicResult] = EMPTY) -> None:
         self.transactional_id = transactional_id
         self.topic_results = [] if topic_results is EMPTY else topic_results
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         if version >= 4:
             v = self.transactional_id
             if v is None:
@@ -2656,7 +2862,9 @@ class _AddPartitionsToTxnResponse_AddPartitionsToTxnResult(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         if version >= 4:
             v, pos = read_compact_string(buf, pos)
@@ -2704,14 +2912,19 @@ class AddPartitionsToTxnResponse(Message):
         ('results_by_transaction', '[]AddPartitionsToTxnResult', (4, 5), None, None, 'AddPartitionsToTxnResult'),
         ('results_by_topic_v3_and_below', '[]AddPartitionsToTxnTopicResult', (0, 3), None, None, 'AddPartitionsToTxnTopicResult'),
     )
+    throttle_time_ms: int
+    error_code: int
+    results_by_transaction: Sequence[_AddPartitionsToTxnResponse_AddPartitionsToTxnResult]
+    results_by_topic_v3_and_below: Sequence[_AddPartitionsToTxnResponse_AddPartitionsToTxnTopicResult]
 
-    def __init__(self, *, throttle_time_ms=0, error_code=0, results_by_transaction=EMPTY, results_by_topic_v3_and_below=EMPTY):
+    def __init__(self, *, throttle_time_ms: int = 0, error_code: int = 0, results_by_transaction: Sequence[_AddPartitionsToTxnResponse_AddPartitionsToTxnResult] = EMPTY, results_by_topic_v3_and_below: Sequence[_AddPartitionsToTxnResponse_AddPartitionsToTxnTopicResult] = EMPTY) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.results_by_transaction = [] if results_by_transaction is EMPTY else results_by_transaction
         self.results_by_topic_v3_and_below = [] if results_by_topic_v3_and_below is EMPTY else results_by_topic_v3_and_below
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.throttle_time_ms
         out += pack_i32(v)
@@ -2739,7 +2952,9 @@ class AddPartitionsToTxnResponse(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 3
         (v,) = unpack_i32(buf, pos)
@@ -2806,14 +3021,19 @@ class AddOffsetsToTxnRequest(Message):
         ('producer_epoch', 'int16', (0, 4), None, None, None),
         ('group_id', 'string', (0, 4), None, None, None),
     )
+    transactional_id: str
+    producer_id: int
+    producer_epoch: int
+    group_id: str
 
-    def __init__(self, *, transactional_id='', producer_id=0, producer_epoch=0, group_id=''):
+    def __init__(self, *, transactional_id: str = '', producer_id: int = 0, producer_epoch: int = 0, group_id: str = '') -> None:
         self.transactional_id = transactional_id
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
         self.group_id = group_id
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.transactional_id
         if v is None:
@@ -2837,7 +3057,8 @@ class AddOffsetsToTxnRequest(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 3
         if flex:
@@ -2882,12 +3103,15 @@ class AddOffsetsToTxnResponse(Message):
         ('throttle_time_ms', 'int32', (0, 4), None, None, None),
         ('error_code', 'int16', (0, 4), None, None, None),
     )
+    throttle_time_ms: int
+    error_code: int
 
-    def __init__(self, *, throttle_time_ms=0, error_code=0):
+    def __init__(self, *, throttle_time_ms: int = 0, error_code: int = 0) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.throttle_time_ms
         out += pack_i32(v)
@@ -2897,7 +3121,8 @@ class AddOffsetsToTxnResponse(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 3
         (v,) = unpack_i32(buf, pos)
@@ -2930,14 +3155,19 @@ class EndTxnRequest(Message):
         ('producer_epoch', 'int16', (0, 5), None, None, None),
         ('committed', 'bool', (0, 5), None, None, None),
     )
+    transactional_id: str
+    producer_id: int
+    producer_epoch: int
+    committed: bool
 
-    def __init__(self, *, transactional_id='', producer_id=0, producer_epoch=0, committed=False):
+    def __init__(self, *, transactional_id: str = '', producer_id: int = 0, producer_epoch: int = 0, committed: bool = False) -> None:
         self.transactional_id = transactional_id
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
         self.committed = committed
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.transactional_id
         if v is None:
@@ -2956,7 +3186,8 @@ class EndTxnRequest(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 3
         if flex:
@@ -2998,14 +3229,19 @@ class EndTxnResponse(Message):
         ('producer_id', 'int64', (5, 5), None, None, None),
         ('producer_epoch', 'int16', (5, 5), None, None, None),
     )
+    throttle_time_ms: int
+    error_code: int
+    producer_id: int
+    producer_epoch: int
 
-    def __init__(self, *, throttle_time_ms=0, error_code=0, producer_id=-1, producer_epoch=-1):
+    def __init__(self, *, throttle_time_ms: int = 0, error_code: int = 0, producer_id: int = -1, producer_epoch: int = -1) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.throttle_time_ms
         out += pack_i32(v)
@@ -3021,7 +3257,8 @@ class EndTxnResponse(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 3
         (v,) = unpack_i32(buf, pos)
@@ -3064,14 +3301,19 @@ class _TxnOffsetCommitRequest_TxnOffsetCommitRequestPartition(Struct):
         ('committed_leader_epoch', 'int32', (2, 4), None, None, None),
         ('committed_metadata', 'string', (0, 4), (0, 4), None, None),
     )
+    partition_index: int
+    committed_offset: int
+    committed_leader_epoch: int
+    committed_metadata: str | None
 
-    def __init__(self, *, partition_index=0, committed_offset=0, committed_leader_epoch=-1, committed_metadata=None):
+    def __init__(self, *, partition_index: int = 0, committed_offset: int = 0, committed_leader_epoch: int = -1, committed_metadata: str | None = None) -> None:
         self.partition_index = partition_index
         self.committed_offset = committed_offset
         self.committed_leader_epoch = committed_leader_epoch
         self.committed_metadata = committed_metadata
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.partition_index
         out += pack_i32(v)
@@ -3089,7 +3331,8 @@ class _TxnOffsetCommitRequest_TxnOffsetCommitRequestPartition(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 3
         (v,) = unpack_i32(buf, pos)
@@ -3127,12 +3370,15 @@ class _TxnOffsetCommitRequest_TxnOffsetCommitRequestTopic(Struct):
         ('name', 'string', (0, 4), None, None, None),
         ('partitions', '[]TxnOffsetCommitRequestPartition', (0, 4), None, None, 'TxnOffsetCommitRequestPartition'),
     )
+    name: str
+    partitions: Sequence[_TxnOffsetCommitRequest_TxnOffsetCommitRequestPartition]
 
-    def __init__(self, *, name='', partitions=EMPTY):
+    def __init__(self, *, name: str = '', partitions: Sequence[_TxnOffsetCommitRequest_TxnOffsetCommitRequestPartition] = EMPTY) -> None:
         self.name = name
         self.partitions = [] if partitions is EMPTY else partitions
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.name
         if v is None:
@@ -3154,7 +3400,9 @@ class _TxnOffsetCommitRequest_TxnOffsetCommitRequestTopic(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 3
         if flex:
@@ -3206,8 +3454,16 @@ class TxnOffsetCommitRequest(Message):
         ('group_instance_id', 'string', (3, 4), (3, 4), None, None),
         ('topics', '[]TxnOffsetCommitRequestTopic', (0, 4), None, None, 'TxnOffsetCommitRequestTopic'),
     )
+    transactional_id: str
+    group_id: str
+    producer_id: int
+    producer_epoch: int
+    generation_id: int
+    member_id: str
+    group_instance_id: str | None
+    topics: Sequence[_TxnOffsetCommitRequest_TxnOffsetCommitRequestTopic]
 
-    def __init__(self, *, transactional_id='', group_id='', producer_id=0, producer_epoch=0, generation_id=-1, member_id='', group_instance_id=None, topics=EMPTY):
+    def __init__(self, *, transactional_id: str = '', group_id: str = '', producer_id: int = 0, producer_epoch: int = 0, generation_id: int = -1, member_id: str = '', group_instance_id: str | None = None, topics: Sequence[_TxnOffsetCommitRequest_TxnOffsetCommitRequestTopic] = EMPTY) -> None:
         self.transactional_id = transactional_id
         self.group_id = group_id
         self.producer_id = producer_id
@@ -3217,7 +3473,8 @@ class TxnOffsetCommitRequest(Message):
         self.group_instance_id = group_instance_id
         self.topics = [] if topics is EMPTY else topics
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.transactional_id
         if v is None:
@@ -3261,7 +3518,9 @@ class TxnOffsetCommitRequest(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 3
         if flex:
@@ -3336,12 +3595,15 @@ class _TxnOffsetCommitResponse_TxnOffsetCommitResponsePartition(Struct):
         ('partition_index', 'int32', (0, 4), None, None, None),
         ('error_code', 'int16', (0, 4), None, None, None),
     )
+    partition_index: int
+    error_code: int
 
-    def __init__(self, *, partition_index=0, error_code=0):
+    def __init__(self, *, partition_index: int = 0, error_code: int = 0) -> None:
         self.partition_index = partition_index
         self.error_code = error_code
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.partition_index
         out += pack_i32(v)
@@ -3351,7 +3613,8 @@ class _TxnOffsetCommitResponse_TxnOffsetCommitResponsePartition(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 3
         (v,) = unpack_i32(buf, pos)
@@ -3378,12 +3641,15 @@ class _TxnOffsetCommitResponse_TxnOffsetCommitResponseTopic(Struct):
         ('name', 'string', (0, 4), None, None, None),
         ('partitions', '[]TxnOffsetCommitResponsePartition', (0, 4), None, None, 'TxnOffsetCommitResponsePartition'),
     )
+    name: str
+    partitions: Sequence[_TxnOffsetCommitResponse_TxnOffsetCommitResponsePartition]
 
-    def __init__(self, *, name='', partitions=EMPTY):
+    def __init__(self, *, name: str = '', partitions: Sequence[_TxnOffsetCommitResponse_TxnOffsetCommitResponsePartition] = EMPTY) -> None:
         self.name = name
         self.partitions = [] if partitions is EMPTY else partitions
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.name
         if v is None:
@@ -3405,7 +3671,9 @@ class _TxnOffsetCommitResponse_TxnOffsetCommitResponseTopic(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 3
         if flex:
@@ -3451,12 +3719,15 @@ class TxnOffsetCommitResponse(Message):
         ('throttle_time_ms', 'int32', (0, 4), None, None, None),
         ('topics', '[]TxnOffsetCommitResponseTopic', (0, 4), None, None, 'TxnOffsetCommitResponseTopic'),
     )
+    throttle_time_ms: int
+    topics: Sequence[_TxnOffsetCommitResponse_TxnOffsetCommitResponseTopic]
 
-    def __init__(self, *, throttle_time_ms=0, topics=EMPTY):
+    def __init__(self, *, throttle_time_ms: int = 0, topics: Sequence[_TxnOffsetCommitResponse_TxnOffsetCommitResponseTopic] = EMPTY) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.topics = [] if topics is EMPTY else topics
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 3
         v = self.throttle_time_ms
         out += pack_i32(v)
@@ -3473,7 +3744,9 @@ class TxnOffsetCommitResponse(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 3
         (v,) = unpack_i32(buf, pos)
@@ -3514,18 +3787,21 @@ class SaslHandshakeRequest(Message):
     _FIELDS = (
         ('mechanism', 'string', (0, 1), None, None, None),
     )
+    mechanism: str
 
-    def __init__(self, *, mechanism=''):
+    def __init__(self, *, mechanism: str = '') -> None:
         self.mechanism = mechanism
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         v = self.mechanism
         if v is None:
             raise ValueError('SaslHandshakeRequest: mechanism is not nullable in version %d' % version)
         write_string(out, v)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         v, pos = read_string(buf, pos)
         if v is None:
@@ -3548,12 +3824,15 @@ class SaslHandshakeResponse(Message):
         ('error_code', 'int16', (0, 1), None, None, None),
         ('mechanisms', '[]string', (0, 1), None, None, None),
     )
+    error_code: int
+    mechanisms: Sequence[str]
 
-    def __init__(self, *, error_code=0, mechanisms=EMPTY):
+    def __init__(self, *, error_code: int = 0, mechanisms: Sequence[str] = EMPTY) -> None:
         self.error_code = error_code
         self.mechanisms = [] if mechanisms is EMPTY else mechanisms
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         v = self.error_code
         out += pack_i16(v)
         v = self.mechanisms
@@ -3564,7 +3843,9 @@ class SaslHandshakeResponse(Message):
             write_string(out, i0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         (v,) = unpack_i16(buf, pos)
         pos += 2
@@ -3598,11 +3879,13 @@ class SaslAuthenticateRequest(Message):
     _FIELDS = (
         ('auth_bytes', 'bytes', (0, 2), None, None, None),
     )
+    auth_bytes: BytesLike
 
-    def __init__(self, *, auth_bytes=b''):
+    def __init__(self, *, auth_bytes: BytesLike = b'') -> None:
         self.auth_bytes = auth_bytes
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 2
         v = self.auth_bytes
         if v is None:
@@ -3615,7 +3898,8 @@ class SaslAuthenticateRequest(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 2
         if flex:
@@ -3649,14 +3933,19 @@ class SaslAuthenticateResponse(Message):
         ('auth_bytes', 'bytes', (0, 2), None, None, None),
         ('session_lifetime_ms', 'int64', (1, 2), None, None, None),
     )
+    error_code: int
+    error_message: str | None
+    auth_bytes: BytesLike
+    session_lifetime_ms: int
 
-    def __init__(self, *, error_code=0, error_message=None, auth_bytes=b'', session_lifetime_ms=0):
+    def __init__(self, *, error_code: int = 0, error_message: str | None = None, auth_bytes: BytesLike = b'', session_lifetime_ms: int = 0) -> None:
         self.error_code = error_code
         self.error_message = error_message
         self.auth_bytes = auth_bytes
         self.session_lifetime_ms = session_lifetime_ms
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 2
         v = self.error_code
         out += pack_i16(v)
@@ -3679,7 +3968,8 @@ class SaslAuthenticateResponse(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 2
         (v,) = unpack_i16(buf, pos)
@@ -3723,12 +4013,15 @@ class _CreateTopicsRequest_CreatableReplicaAssignment(Struct):
         ('partition_index', 'int32', (0, 7), None, None, None),
         ('broker_ids', '[]int32', (0, 7), None, None, None),
     )
+    partition_index: int
+    broker_ids: Sequence[int]
 
-    def __init__(self, *, partition_index=0, broker_ids=EMPTY):
+    def __init__(self, *, partition_index: int = 0, broker_ids: Sequence[int] = EMPTY) -> None:
         self.partition_index = partition_index
         self.broker_ids = [] if broker_ids is EMPTY else broker_ids
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 5
         v = self.partition_index
         out += pack_i32(v)
@@ -3743,7 +4036,8 @@ class _CreateTopicsRequest_CreatableReplicaAssignment(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 5
         (v,) = unpack_i32(buf, pos)
@@ -3782,12 +4076,15 @@ class _CreateTopicsRequest_CreatableTopicConfig(Struct):
         ('name', 'string', (0, 7), None, None, None),
         ('value', 'string', (0, 7), (0, 7), None, None),
     )
+    name: str
+    value: str | None
 
-    def __init__(self, *, name='', value=None):
+    def __init__(self, *, name: str = '', value: str | None = None) -> None:
         self.name = name
         self.value = value
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 5
         v = self.name
         if v is None:
@@ -3805,7 +4102,8 @@ class _CreateTopicsRequest_CreatableTopicConfig(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 5
         if flex:
@@ -3841,15 +4139,21 @@ class _CreateTopicsRequest_CreatableTopic(Struct):
         ('assignments', '[]CreatableReplicaAssignment', (0, 7), None, None, 'CreatableReplicaAssignment'),
         ('configs', '[]CreatableTopicConfig', (0, 7), None, None, 'CreatableTopicConfig'),
     )
+    name: str
+    num_partitions: int
+    replication_factor: int
+    assignments: Sequence[_CreateTopicsRequest_CreatableReplicaAssignment]
+    configs: Sequence[_CreateTopicsRequest_CreatableTopicConfig]
 
-    def __init__(self, *, name='', num_partitions=0, replication_factor=0, assignments=EMPTY, configs=EMPTY):
+    def __init__(self, *, name: str = '', num_partitions: int = 0, replication_factor: int = 0, assignments: Sequence[_CreateTopicsRequest_CreatableReplicaAssignment] = EMPTY, configs: Sequence[_CreateTopicsRequest_CreatableTopicConfig] = EMPTY) -> None:
         self.name = name
         self.num_partitions = num_partitions
         self.replication_factor = replication_factor
         self.assignments = [] if assignments is EMPTY else assignments
         self.configs = [] if configs is EMPTY else configs
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 5
         v = self.name
         if v is None:
@@ -3884,7 +4188,9 @@ class _CreateTopicsRequest_CreatableTopic(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 5
         if flex:
@@ -3952,13 +4258,17 @@ class CreateTopicsRequest(Message):
         ('timeout_ms', 'int32', (0, 7), None, None, None),
         ('validate_only', 'bool', (1, 7), None, None, None),
     )
+    topics: Sequence[_CreateTopicsRequest_CreatableTopic]
+    timeout_ms: int
+    validate_only: bool
 
-    def __init__(self, *, topics=EMPTY, timeout_ms=60000, validate_only=False):
+    def __init__(self, *, topics: Sequence[_CreateTopicsRequest_CreatableTopic] = EMPTY, timeout_ms: int = 60000, validate_only: bool = False) -> None:
         self.topics = [] if topics is EMPTY else topics
         self.timeout_ms = timeout_ms
         self.validate_only = validate_only
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 5
         v = self.topics
         if v is None:
@@ -3978,7 +4288,9 @@ class CreateTopicsRequest(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 5
         if flex:
@@ -4026,15 +4338,21 @@ class _CreateTopicsResponse_CreatableTopicConfigs(Struct):
         ('config_source', 'int8', (5, 7), None, None, None),
         ('is_sensitive', 'bool', (5, 7), None, None, None),
     )
+    name: str
+    value: str | None
+    read_only: bool
+    config_source: int
+    is_sensitive: bool
 
-    def __init__(self, *, name='', value=None, read_only=False, config_source=-1, is_sensitive=False):
+    def __init__(self, *, name: str = '', value: str | None = None, read_only: bool = False, config_source: int = -1, is_sensitive: bool = False) -> None:
         self.name = name
         self.value = value
         self.read_only = read_only
         self.config_source = config_source
         self.is_sensitive = is_sensitive
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         if version >= 5:
             v = self.name
             if v is None:
@@ -4056,7 +4374,8 @@ class _CreateTopicsResponse_CreatableTopicConfigs(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         if version >= 5:
             v, pos = read_compact_string(buf, pos)
@@ -4110,8 +4429,16 @@ class _CreateTopicsResponse_CreatableTopicResult(Struct):
         ('replication_factor', 'int16', (5, 7), None, None, None),
         ('configs', '[]CreatableTopicConfigs', (5, 7), (5, 7), None, 'CreatableTopicConfigs'),
     )
+    name: str
+    topic_id: UUID
+    error_code: int
+    error_message: str | None
+    topic_config_error_code: int
+    num_partitions: int
+    replication_factor: int
+    configs: Sequence[_CreateTopicsResponse_CreatableTopicConfigs] | None
 
-    def __init__(self, *, name='', topic_id=ZERO_UUID, error_code=0, error_message=None, topic_config_error_code=0, num_partitions=-1, replication_factor=-1, configs=EMPTY):
+    def __init__(self, *, name: str = '', topic_id: UUID = ZERO_UUID, error_code: int = 0, error_message: str | None = None, topic_config_error_code: int = 0, num_partitions: int = -1, replication_factor: int = -1, configs: Sequence[_CreateTopicsResponse_CreatableTopicConfigs] | None = EMPTY) -> None:
         self.name = name
         self.topic_id = topic_id
         self.error_code = error_code
@@ -4121,7 +4448,8 @@ class _CreateTopicsResponse_CreatableTopicResult(Struct):
         self.replication_factor = replication_factor
         self.configs = [] if configs is EMPTY else configs
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 5
         v = self.name
         if v is None:
@@ -4162,7 +4490,9 @@ class _CreateTopicsResponse_CreatableTopicResult(Struct):
             write_tagged_fields(out, tagged)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 5
         if flex:
@@ -4240,12 +4570,15 @@ class CreateTopicsResponse(Message):
         ('throttle_time_ms', 'int32', (2, 7), None, None, None),
         ('topics', '[]CreatableTopicResult', (0, 7), None, None, 'CreatableTopicResult'),
     )
+    throttle_time_ms: int
+    topics: Sequence[_CreateTopicsResponse_CreatableTopicResult]
 
-    def __init__(self, *, throttle_time_ms=0, topics=EMPTY):
+    def __init__(self, *, throttle_time_ms: int = 0, topics: Sequence[_CreateTopicsResponse_CreatableTopicResult] = EMPTY) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.topics = [] if topics is EMPTY else topics
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 5
         if version >= 2:
             v = self.throttle_time_ms
@@ -4263,7 +4596,9 @@ class CreateTopicsResponse(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 5
         if version >= 2:
@@ -4308,14 +4643,19 @@ class _ListOffsetsRequest_ListOffsetsPartition(Struct):
         ('timestamp', 'int64', (0, 10), None, None, None),
         ('max_num_offsets', 'int32', (0, 0), None, None, None),
     )
+    partition_index: int
+    current_leader_epoch: int
+    timestamp: int
+    max_num_offsets: int
 
-    def __init__(self, *, partition_index=0, current_leader_epoch=-1, timestamp=0, max_num_offsets=1):
+    def __init__(self, *, partition_index: int = 0, current_leader_epoch: int = -1, timestamp: int = 0, max_num_offsets: int = 1) -> None:
         self.partition_index = partition_index
         self.current_leader_epoch = current_leader_epoch
         self.timestamp = timestamp
         self.max_num_offsets = max_num_offsets
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 6
         v = self.partition_index
         out += pack_i32(v)
@@ -4331,7 +4671,8 @@ class _ListOffsetsRequest_ListOffsetsPartition(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 6
         (v,) = unpack_i32(buf, pos)
@@ -4370,12 +4711,15 @@ class _ListOffsetsRequest_ListOffsetsTopic(Struct):
         ('name', 'string', (0, 10), None, None, None),
         ('partitions', '[]ListOffsetsPartition', (0, 10), None, None, 'ListOffsetsPartition'),
     )
+    name: str
+    partitions: Sequence[_ListOffsetsRequest_ListOffsetsPartition]
 
-    def __init__(self, *, name='', partitions=EMPTY):
+    def __init__(self, *, name: str = '', partitions: Sequence[_ListOffsetsRequest_ListOffsetsPartition] = EMPTY) -> None:
         self.name = name
         self.partitions = [] if partitions is EMPTY else partitions
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 6
         v = self.name
         if v is None:
@@ -4397,7 +4741,9 @@ class _ListOffsetsRequest_ListOffsetsTopic(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 6
         if flex:
@@ -4445,14 +4791,19 @@ class ListOffsetsRequest(Message):
         ('topics', '[]ListOffsetsTopic', (0, 10), None, None, 'ListOffsetsTopic'),
         ('timeout_ms', 'int32', (10, 10), None, None, None),
     )
+    replica_id: int
+    isolation_level: int
+    topics: Sequence[_ListOffsetsRequest_ListOffsetsTopic]
+    timeout_ms: int
 
-    def __init__(self, *, replica_id=0, isolation_level=0, topics=EMPTY, timeout_ms=0):
+    def __init__(self, *, replica_id: int = 0, isolation_level: int = 0, topics: Sequence[_ListOffsetsRequest_ListOffsetsTopic] = EMPTY, timeout_ms: int = 0) -> None:
         self.replica_id = replica_id
         self.isolation_level = isolation_level
         self.topics = [] if topics is EMPTY else topics
         self.timeout_ms = timeout_ms
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 6
         v = self.replica_id
         out += pack_i32(v)
@@ -4475,7 +4826,9 @@ class ListOffsetsRequest(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 6
         (v,) = unpack_i32(buf, pos)
@@ -4531,8 +4884,14 @@ class _ListOffsetsResponse_ListOffsetsPartitionResponse(Struct):
         ('offset', 'int64', (1, 10), None, None, None),
         ('leader_epoch', 'int32', (4, 10), None, None, None),
     )
+    partition_index: int
+    error_code: int
+    old_style_offsets: Sequence[int]
+    timestamp: int
+    offset: int
+    leader_epoch: int
 
-    def __init__(self, *, partition_index=0, error_code=0, old_style_offsets=EMPTY, timestamp=-1, offset=-1, leader_epoch=-1):
+    def __init__(self, *, partition_index: int = 0, error_code: int = 0, old_style_offsets: Sequence[int] = EMPTY, timestamp: int = -1, offset: int = -1, leader_epoch: int = -1) -> None:
         self.partition_index = partition_index
         self.error_code = error_code
         self.old_style_offsets = [] if old_style_offsets is EMPTY else old_style_offsets
@@ -4540,7 +4899,8 @@ class _ListOffsetsResponse_ListOffsetsPartitionResponse(Struct):
         self.offset = offset
         self.leader_epoch = leader_epoch
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 6
         v = self.partition_index
         out += pack_i32(v)
@@ -4564,7 +4924,8 @@ class _ListOffsetsResponse_ListOffsetsPartitionResponse(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 6
         (v,) = unpack_i32(buf, pos)
@@ -4624,12 +4985,15 @@ class _ListOffsetsResponse_ListOffsetsTopicResponse(Struct):
         ('name', 'string', (0, 10), None, None, None),
         ('partitions', '[]ListOffsetsPartitionResponse', (0, 10), None, None, 'ListOffsetsPartitionResponse'),
     )
+    name: str
+    partitions: Sequence[_ListOffsetsResponse_ListOffsetsPartitionResponse]
 
-    def __init__(self, *, name='', partitions=EMPTY):
+    def __init__(self, *, name: str = '', partitions: Sequence[_ListOffsetsResponse_ListOffsetsPartitionResponse] = EMPTY) -> None:
         self.name = name
         self.partitions = [] if partitions is EMPTY else partitions
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 6
         v = self.name
         if v is None:
@@ -4651,7 +5015,9 @@ class _ListOffsetsResponse_ListOffsetsTopicResponse(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 6
         if flex:
@@ -4697,12 +5063,15 @@ class ListOffsetsResponse(Message):
         ('throttle_time_ms', 'int32', (2, 10), None, None, None),
         ('topics', '[]ListOffsetsTopicResponse', (0, 10), None, None, 'ListOffsetsTopicResponse'),
     )
+    throttle_time_ms: int
+    topics: Sequence[_ListOffsetsResponse_ListOffsetsTopicResponse]
 
-    def __init__(self, *, throttle_time_ms=0, topics=EMPTY):
+    def __init__(self, *, throttle_time_ms: int = 0, topics: Sequence[_ListOffsetsResponse_ListOffsetsTopicResponse] = EMPTY) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.topics = [] if topics is EMPTY else topics
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 6
         if version >= 2:
             v = self.throttle_time_ms
@@ -4720,7 +5089,9 @@ class ListOffsetsResponse(Message):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 6
         if version >= 2:
@@ -4763,12 +5134,15 @@ class _FetchRequest_ReplicaState(Struct):
         ('replica_id', 'int32', (15, 17), None, None, None),
         ('replica_epoch', 'int64', (15, 17), None, None, None),
     )
+    replica_id: int
+    replica_epoch: int
 
-    def __init__(self, *, replica_id=-1, replica_epoch=-1):
+    def __init__(self, *, replica_id: int = -1, replica_epoch: int = -1) -> None:
         self.replica_id = replica_id
         self.replica_epoch = replica_epoch
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         if version >= 15:
             v = self.replica_id
             out += pack_i32(v)
@@ -4779,7 +5153,8 @@ class _FetchRequest_ReplicaState(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         if version >= 15:
             (v,) = unpack_i32(buf, pos)
@@ -4816,8 +5191,15 @@ class _FetchRequest_FetchPartition(Struct):
         ('partition_max_bytes', 'int32', (0, 17), None, None, None),
         ('replica_directory_id', 'uuid', (17, 17), None, 0, None),
     )
+    partition: int
+    current_leader_epoch: int
+    fetch_offset: int
+    last_fetched_epoch: int
+    log_start_offset: int
+    partition_max_bytes: int
+    replica_directory_id: UUID
 
-    def __init__(self, *, partition=0, current_leader_epoch=-1, fetch_offset=0, last_fetched_epoch=-1, log_start_offset=-1, partition_max_bytes=0, replica_directory_id=ZERO_UUID):
+    def __init__(self, *, partition: int = 0, current_leader_epoch: int = -1, fetch_offset: int = 0, last_fetched_epoch: int = -1, log_start_offset: int = -1, partition_max_bytes: int = 0, replica_directory_id: UUID = ZERO_UUID) -> None:
         self.partition = partition
         self.current_leader_epoch = current_leader_epoch
         self.fetch_offset = fetch_offset
@@ -4826,7 +5208,8 @@ class _FetchRequest_FetchPartition(Struct):
         self.partition_max_bytes = partition_max_bytes
         self.replica_directory_id = replica_directory_id
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 12
         v = self.partition
         out += pack_i32(v)
@@ -4852,7 +5235,8 @@ class _FetchRequest_FetchPartition(Struct):
             write_tagged_fields(out, tagged)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 12
         (v,) = unpack_i32(buf, pos)
@@ -4905,13 +5289,17 @@ class _FetchRequest_FetchTopic(Struct):
         ('topic_id', 'uuid', (13, 17), None, None, None),
         ('partitions', '[]FetchPartition', (0, 17), None, None, 'FetchPartition'),
     )
+    topic: str
+    topic_id: UUID
+    partitions: Sequence[_FetchRequest_FetchPartition]
 
-    def __init__(self, *, topic='', topic_id=ZERO_UUID, partitions=EMPTY):
+    def __init__(self, *, topic: str = '', topic_id: UUID = ZERO_UUID, partitions: Sequence[_FetchRequest_FetchPartition] = EMPTY) -> None:
         self.topic = topic
         self.topic_id = topic_id
         self.partitions = [] if partitions is EMPTY else partitions
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 12
         if version <= 12:
             v = self.topic
@@ -4937,7 +5325,9 @@ class _FetchRequest_FetchTopic(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 12
         if version <= 12:
@@ -4988,13 +5378,17 @@ class _FetchRequest_ForgottenTopic(Struct):
         ('topic_id', 'uuid', (13, 17), None, None, None),
         ('partitions', '[]int32', (7, 17), None, None, None),
     )
+    topic: str
+    topic_id: UUID
+    partitions: Sequence[int]
 
-    def __init__(self, *, topic='', topic_id=ZERO_UUID, partitions=EMPTY):
+    def __init__(self, *, topic: str = '', topic_id: UUID = ZERO_UUID, partitions: Sequence[int] = EMPTY) -> None:
         self.topic = topic
         self.topic_id = topic_id
         self.partitions = [] if partitions is EMPTY else partitions
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 12
         if 7 <= version <= 12:
             v = self.topic
@@ -5019,7 +5413,8 @@ class _FetchRequest_ForgottenTopic(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 12
         if 7 <= version <= 12:
@@ -5089,8 +5484,20 @@ class FetchRequest(Message):
         ('forgotten_topics_data', '[]ForgottenTopic', (7, 17), None, None, 'ForgottenTopic'),
         ('rack_id', 'string', (11, 17), None, None, None),
     )
+    cluster_id: str | None
+    replica_id: int
+    replica_state: _FetchRequest_ReplicaState
+    max_wait_ms: int
+    min_bytes: int
+    max_bytes: int
+    isolation_level: int
+    session_id: int
+    session_epoch: int
+    topics: Sequence[_FetchRequest_FetchTopic]
+    forgotten_topics_data: Sequence[_FetchRequest_ForgottenTopic]
+    rack_id: str
 
-    def __init__(self, *, cluster_id=None, replica_id=-1, replica_state=None, max_wait_ms=0, min_bytes=0, max_bytes=2147483647, isolation_level=0, session_id=0, session_epoch=-1, topics=EMPTY, forgotten_topics_data=EMPTY, rack_id=''):
+    def __init__(self, *, cluster_id: str | None = None, replica_id: int = -1, replica_state: _FetchRequest_ReplicaState | None = None, max_wait_ms: int = 0, min_bytes: int = 0, max_bytes: int = 2147483647, isolation_level: int = 0, session_id: int = 0, session_epoch: int = -1, topics: Sequence[_FetchRequest_FetchTopic] = EMPTY, forgotten_topics_data: Sequence[_FetchRequest_ForgottenTopic] = EMPTY, rack_id: str = '') -> None:
         self.cluster_id = cluster_id
         self.replica_id = replica_id
         self.replica_state = _FetchRequest_ReplicaState() if replica_state is None else replica_state
@@ -5104,7 +5511,8 @@ class FetchRequest(Message):
         self.forgotten_topics_data = [] if forgotten_topics_data is EMPTY else forgotten_topics_data
         self.rack_id = rack_id
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 12
         if version <= 14:
             v = self.replica_id
@@ -5165,7 +5573,9 @@ class FetchRequest(Message):
             write_tagged_fields(out, tagged)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 12
         self.cluster_id = None
@@ -5273,12 +5683,15 @@ class _FetchResponse_EpochEndOffset(Struct):
         ('epoch', 'int32', (12, 17), None, None, None),
         ('end_offset', 'int64', (12, 17), None, None, None),
     )
+    epoch: int
+    end_offset: int
 
-    def __init__(self, *, epoch=-1, end_offset=-1):
+    def __init__(self, *, epoch: int = -1, end_offset: int = -1) -> None:
         self.epoch = epoch
         self.end_offset = end_offset
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         if version >= 12:
             v = self.epoch
             out += pack_i32(v)
@@ -5289,7 +5702,8 @@ class _FetchResponse_EpochEndOffset(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         if version >= 12:
             (v,) = unpack_i32(buf, pos)
@@ -5321,12 +5735,15 @@ class _FetchResponse_LeaderIdAndEpoch(Struct):
         ('leader_id', 'int32', (12, 17), None, None, None),
         ('leader_epoch', 'int32', (12, 17), None, None, None),
     )
+    leader_id: int
+    leader_epoch: int
 
-    def __init__(self, *, leader_id=-1, leader_epoch=-1):
+    def __init__(self, *, leader_id: int = -1, leader_epoch: int = -1) -> None:
         self.leader_id = leader_id
         self.leader_epoch = leader_epoch
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         if version >= 12:
             v = self.leader_id
             out += pack_i32(v)
@@ -5337,7 +5754,8 @@ class _FetchResponse_LeaderIdAndEpoch(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         if version >= 12:
             (v,) = unpack_i32(buf, pos)
@@ -5369,12 +5787,15 @@ class _FetchResponse_SnapshotId(Struct):
         ('end_offset', 'int64', (0, 17), None, None, None),
         ('epoch', 'int32', (0, 17), None, None, None),
     )
+    end_offset: int
+    epoch: int
 
-    def __init__(self, *, end_offset=-1, epoch=-1):
+    def __init__(self, *, end_offset: int = -1, epoch: int = -1) -> None:
         self.end_offset = end_offset
         self.epoch = epoch
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 12
         v = self.end_offset
         out += pack_i64(v)
@@ -5384,7 +5805,8 @@ class _FetchResponse_SnapshotId(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 12
         (v,) = unpack_i64(buf, pos)
@@ -5411,12 +5833,15 @@ class _FetchResponse_AbortedTransaction(Struct):
         ('producer_id', 'int64', (4, 17), None, None, None),
         ('first_offset', 'int64', (4, 17), None, None, None),
     )
+    producer_id: int
+    first_offset: int
 
-    def __init__(self, *, producer_id=0, first_offset=0):
+    def __init__(self, *, producer_id: int = 0, first_offset: int = 0) -> None:
         self.producer_id = producer_id
         self.first_offset = first_offset
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 12
         if version >= 4:
             v = self.producer_id
@@ -5428,7 +5853,8 @@ class _FetchResponse_AbortedTransaction(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         flex = version >= 12
         if version >= 4:
@@ -5470,8 +5896,19 @@ class _FetchResponse_PartitionData(Struct):
         ('preferred_read_replica', 'int32', (11, 17), None, None, None),
         ('records', 'records', (0, 17), (0, 17), None, None),
     )
+    partition_index: int
+    error_code: int
+    high_watermark: int
+    last_stable_offset: int
+    log_start_offset: int
+    diverging_epoch: _FetchResponse_EpochEndOffset
+    current_leader: _FetchResponse_LeaderIdAndEpoch
+    snapshot_id: _FetchResponse_SnapshotId
+    aborted_transactions: Sequence[_FetchResponse_AbortedTransaction] | None
+    preferred_read_replica: int
+    records: BytesLike | None
 
-    def __init__(self, *, partition_index=0, error_code=0, high_watermark=0, last_stable_offset=-1, log_start_offset=-1, diverging_epoch=None, current_leader=None, snapshot_id=None, aborted_transactions=EMPTY, preferred_read_replica=-1, records=None):
+    def __init__(self, *, partition_index: int = 0, error_code: int = 0, high_watermark: int = 0, last_stable_offset: int = -1, log_start_offset: int = -1, diverging_epoch: _FetchResponse_EpochEndOffset | None = None, current_leader: _FetchResponse_LeaderIdAndEpoch | None = None, snapshot_id: _FetchResponse_SnapshotId | None = None, aborted_transactions: Sequence[_FetchResponse_AbortedTransaction] | None = EMPTY, preferred_read_replica: int = -1, records: BytesLike | None = None) -> None:
         self.partition_index = partition_index
         self.error_code = error_code
         self.high_watermark = high_watermark
@@ -5484,7 +5921,8 @@ class _FetchResponse_PartitionData(Struct):
         self.preferred_read_replica = preferred_read_replica
         self.records = records
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 12
         v = self.partition_index
         out += pack_i32(v)
@@ -5532,7 +5970,9 @@ class _FetchResponse_PartitionData(Struct):
             write_tagged_fields(out, tagged)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 12
         (v,) = unpack_i32(buf, pos)
@@ -5614,13 +6054,17 @@ class _FetchResponse_FetchableTopicResponse(Struct):
         ('topic_id', 'uuid', (13, 17), None, None, None),
         ('partitions', '[]PartitionData', (0, 17), None, None, 'PartitionData'),
     )
+    topic: str
+    topic_id: UUID
+    partitions: Sequence[_FetchResponse_PartitionData]
 
-    def __init__(self, *, topic='', topic_id=ZERO_UUID, partitions=EMPTY):
+    def __init__(self, *, topic: str = '', topic_id: UUID = ZERO_UUID, partitions: Sequence[_FetchResponse_PartitionData] = EMPTY) -> None:
         self.topic = topic
         self.topic_id = topic_id
         self.partitions = [] if partitions is EMPTY else partitions
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 12
         if version <= 12:
             v = self.topic
@@ -5646,7 +6090,9 @@ class _FetchResponse_FetchableTopicResponse(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 12
         if version <= 12:
@@ -5698,14 +6144,19 @@ class _FetchResponse_NodeEndpoint(Struct):
         ('port', 'int32', (16, 17), None, None, None),
         ('rack', 'string', (16, 17), (16, 17), None, None),
     )
+    node_id: int
+    host: str
+    port: int
+    rack: str | None
 
-    def __init__(self, *, node_id=0, host='', port=0, rack=None):
+    def __init__(self, *, node_id: int = 0, host: str = '', port: int = 0, rack: str | None = None) -> None:
         self.node_id = node_id
         self.host = host
         self.port = port
         self.rack = rack
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         if version >= 16:
             v = self.node_id
             out += pack_i32(v)
@@ -5724,7 +6175,8 @@ class _FetchResponse_NodeEndpoint(Struct):
             out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         if version >= 16:
             (v,) = unpack_i32(buf, pos)
@@ -5780,15 +6232,21 @@ class FetchResponse(Message):
         ('responses', '[]FetchableTopicResponse', (0, 17), None, None, 'FetchableTopicResponse'),
         ('node_endpoints', '[]NodeEndpoint', (16, 17), None, 0, 'NodeEndpoint'),
     )
+    throttle_time_ms: int
+    error_code: int
+    session_id: int
+    responses: Sequence[_FetchResponse_FetchableTopicResponse]
+    node_endpoints: Sequence[_FetchResponse_NodeEndpoint]
 
-    def __init__(self, *, throttle_time_ms=0, error_code=0, session_id=0, responses=EMPTY, node_endpoints=EMPTY):
+    def __init__(self, *, throttle_time_ms: int = 0, error_code: int = 0, session_id: int = 0, responses: Sequence[_FetchResponse_FetchableTopicResponse] = EMPTY, node_endpoints: Sequence[_FetchResponse_NodeEndpoint] = EMPTY) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.error_code = error_code
         self.session_id = session_id
         self.responses = [] if responses is EMPTY else responses
         self.node_endpoints = [] if node_endpoints is EMPTY else node_endpoints
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         flex = version >= 12
         if version >= 1:
             v = self.throttle_time_ms
@@ -5819,7 +6277,9 @@ class FetchResponse(Message):
             write_tagged_fields(out, tagged)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         flex = version >= 12
         if version >= 1:
@@ -5887,12 +6347,15 @@ class _DescribeProducersRequest_TopicRequest(Struct):
         ('name', 'string', (0, 0), None, None, None),
         ('partition_indexes', '[]int32', (0, 0), None, None, None),
     )
+    name: str
+    partition_indexes: Sequence[int]
 
-    def __init__(self, *, name='', partition_indexes=EMPTY):
+    def __init__(self, *, name: str = '', partition_indexes: Sequence[int] = EMPTY) -> None:
         self.name = name
         self.partition_indexes = [] if partition_indexes is EMPTY else partition_indexes
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         v = self.name
         if v is None:
             raise ValueError('DescribeProducersRequest: name is not nullable in version %d' % version)
@@ -5904,7 +6367,8 @@ class _DescribeProducersRequest_TopicRequest(Struct):
         out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         v, pos = read_compact_string(buf, pos)
         if v is None:
@@ -5941,11 +6405,13 @@ class DescribeProducersRequest(Message):
     _FIELDS = (
         ('topics', '[]TopicRequest', (0, 0), None, None, 'TopicRequest'),
     )
+    topics: Sequence[_DescribeProducersRequest_TopicRequest]
 
-    def __init__(self, *, topics=EMPTY):
+    def __init__(self, *, topics: Sequence[_DescribeProducersRequest_TopicRequest] = EMPTY) -> None:
         self.topics = [] if topics is EMPTY else topics
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         v = self.topics
         if v is None:
             raise ValueError('DescribeProducersRequest: topics is not nullable in version %d' % version)
@@ -5955,7 +6421,9 @@ class DescribeProducersRequest(Message):
         out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         n0, pos = read_compact_array_len(buf, pos)
         if n0 < 0:
@@ -5991,8 +6459,14 @@ class _DescribeProducersResponse_ProducerState(Struct):
         ('coordinator_epoch', 'int32', (0, 0), None, None, None),
         ('current_txn_start_offset', 'int64', (0, 0), None, None, None),
     )
+    producer_id: int
+    producer_epoch: int
+    last_sequence: int
+    last_timestamp: int
+    coordinator_epoch: int
+    current_txn_start_offset: int
 
-    def __init__(self, *, producer_id=0, producer_epoch=0, last_sequence=-1, last_timestamp=-1, coordinator_epoch=0, current_txn_start_offset=-1):
+    def __init__(self, *, producer_id: int = 0, producer_epoch: int = 0, last_sequence: int = -1, last_timestamp: int = -1, coordinator_epoch: int = 0, current_txn_start_offset: int = -1) -> None:
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
         self.last_sequence = last_sequence
@@ -6000,7 +6474,8 @@ class _DescribeProducersResponse_ProducerState(Struct):
         self.coordinator_epoch = coordinator_epoch
         self.current_txn_start_offset = current_txn_start_offset
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         v = self.producer_id
         out += pack_i64(v)
         v = self.producer_epoch
@@ -6016,7 +6491,8 @@ class _DescribeProducersResponse_ProducerState(Struct):
         out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
         self = _new(cls)
         (v,) = unpack_i64(buf, pos)
         pos += 8
@@ -6055,14 +6531,19 @@ class _DescribeProducersResponse_PartitionResponse(Struct):
         ('error_message', 'string', (0, 0), (0, 0), None, None),
         ('active_producers', '[]ProducerState', (0, 0), None, None, 'ProducerState'),
     )
+    partition_index: int
+    error_code: int
+    error_message: str | None
+    active_producers: Sequence[_DescribeProducersResponse_ProducerState]
 
-    def __init__(self, *, partition_index=0, error_code=0, error_message=None, active_producers=EMPTY):
+    def __init__(self, *, partition_index: int = 0, error_code: int = 0, error_message: str | None = None, active_producers: Sequence[_DescribeProducersResponse_ProducerState] = EMPTY) -> None:
         self.partition_index = partition_index
         self.error_code = error_code
         self.error_message = error_message
         self.active_producers = [] if active_producers is EMPTY else active_producers
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         v = self.partition_index
         out += pack_i32(v)
         v = self.error_code
@@ -6078,7 +6559,9 @@ class _DescribeProducersResponse_PartitionResponse(Struct):
         out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         (v,) = unpack_i32(buf, pos)
         pos += 4
@@ -6116,12 +6599,15 @@ class _DescribeProducersResponse_TopicResponse(Struct):
         ('name', 'string', (0, 0), None, None, None),
         ('partitions', '[]PartitionResponse', (0, 0), None, None, 'PartitionResponse'),
     )
+    name: str
+    partitions: Sequence[_DescribeProducersResponse_PartitionResponse]
 
-    def __init__(self, *, name='', partitions=EMPTY):
+    def __init__(self, *, name: str = '', partitions: Sequence[_DescribeProducersResponse_PartitionResponse] = EMPTY) -> None:
         self.name = name
         self.partitions = [] if partitions is EMPTY else partitions
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         v = self.name
         if v is None:
             raise ValueError('DescribeProducersResponse: name is not nullable in version %d' % version)
@@ -6135,7 +6621,9 @@ class _DescribeProducersResponse_TopicResponse(Struct):
         out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         v, pos = read_compact_string(buf, pos)
         if v is None:
@@ -6174,12 +6662,15 @@ class DescribeProducersResponse(Message):
         ('throttle_time_ms', 'int32', (0, 0), None, None, None),
         ('topics', '[]TopicResponse', (0, 0), None, None, 'TopicResponse'),
     )
+    throttle_time_ms: int
+    topics: Sequence[_DescribeProducersResponse_TopicResponse]
 
-    def __init__(self, *, throttle_time_ms=0, topics=EMPTY):
+    def __init__(self, *, throttle_time_ms: int = 0, topics: Sequence[_DescribeProducersResponse_TopicResponse] = EMPTY) -> None:
         self.throttle_time_ms = throttle_time_ms
         self.topics = [] if topics is EMPTY else topics
 
-    def _encode(self, out, version):
+    def _encode(self, out: bytearray, version: int) -> None:
+        v: Any
         v = self.throttle_time_ms
         out += pack_i32(v)
         v = self.topics
@@ -6191,7 +6682,9 @@ class DescribeProducersResponse(Message):
         out.append(0)
 
     @classmethod
-    def _decode(cls, buf, pos, version):
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        v: Any
+        e0: Any
         self = _new(cls)
         (v,) = unpack_i32(buf, pos)
         pos += 4

@@ -17,7 +17,7 @@ import struct
 
 from aiokprod.errors import CorruptFrameError, UnsupportedVersionError
 from aiokprod.protocol._generated import FIRST_FLEXIBLE_VERSION
-from aiokprod.protocol.primitives import read_tag_count, read_tag_header
+from aiokprod.protocol.primitives import Buf, Message, read_tag_count, read_tag_header
 
 __all__ = [
     "request_header_version", "response_header_version", "encode_request", "encode_request_header",
@@ -31,7 +31,7 @@ _I32 = struct.Struct(">i")
 _I16 = struct.Struct(">h")
 
 
-def _first_flexible(api_key: int):
+def _first_flexible(api_key: int) -> int | None:
     try:
         return FIRST_FLEXIBLE_VERSION[api_key]
     except KeyError:
@@ -71,9 +71,11 @@ def encode_request_header(out: bytearray, api_key: int, api_version: int, correl
             out.append(0)  # no tagged fields
 
 
-def encode_request(message, api_version: int, correlation_id: int, client_id: str | None) -> bytes:
+def encode_request(message: Message, api_version: int, correlation_id: int, client_id: str | None) -> bytes:
     """The full request frame (int32 size prefix, header, body) of a generated request message."""
     api_key = message.API_KEY
+    if api_key is None:
+        raise TypeError(f"{type(message).__name__} is a header, not a request")
     body = message.encode(api_version)
     out = bytearray(b"\0\0\0\0")
     encode_request_header(out, api_key, api_version, correlation_id, client_id,
@@ -83,7 +85,7 @@ def encode_request(message, api_version: int, correlation_id: int, client_id: st
     return bytes(out)
 
 
-def decode_response_header(frame, header_version: int) -> tuple[int, int]:
+def decode_response_header(frame: Buf, header_version: int) -> tuple[int, int]:
     """Read a response header from ``frame`` (the bytes *after* the int32 size prefix).
 
     Returns ``(correlation_id, body_offset)``; the body is ``frame[body_offset:]``. Tagged header

@@ -23,10 +23,18 @@ from __future__ import annotations
 
 import struct
 import uuid
+from collections.abc import Sequence
+from typing import Any, NoReturn, Optional, Self, Union
 
 from aiokprod.errors import CorruptFrameError, UnsupportedVersionError
 
+#: What a bytes or records field holds: decoded as bytes; any buffer encodes.
+BytesLike = Union[bytes, bytearray, memoryview]
+#: What the readers read from (a memoryview of a frame, or bytes in tests).
+Buf = Union[bytes, bytearray, memoryview]
+
 __all__ = [
+    "BytesLike",
     "Struct",
     "Message",
     "EMPTY",
@@ -50,7 +58,7 @@ unpack_i64 = struct.Struct(">q").unpack_from
 unpack_f64 = struct.Struct(">d").unpack_from
 
 #: Default of array arguments in generated constructors (an immutable marker, replaced by a new list).
-EMPTY = ()
+EMPTY: tuple[()] = ()
 ZERO_UUID = uuid.UUID(int=0)
 _UUID = uuid.UUID
 
@@ -69,7 +77,7 @@ def write_uvarint(out: bytearray, value: int) -> None:
     out.append(value)
 
 
-def read_uvarint(buf, pos: int) -> tuple[int, int]:
+def read_uvarint(buf: Buf, pos: int) -> tuple[int, int]:
     """Read an unsigned varint of at most 5 bytes (a uint32: every protocol use fits)."""
     result = 0
     shift = 0
@@ -91,14 +99,14 @@ def read_uvarint(buf, pos: int) -> tuple[int, int]:
 # lengths (checked against what remains before anything is allocated)
 # ---------------------------------------------------------------------------------------------------
 
-def _check(buf, pos: int, n: int) -> int:
+def _check(buf: Buf, pos: int, n: int) -> int:
     end = pos + n
     if end > len(buf):
         raise CorruptFrameError(f"length {n} at offset {pos} runs past the end ({len(buf)} bytes)")
     return end
 
 
-def read_array_len(buf, pos: int) -> tuple[int, int]:
+def read_array_len(buf: Buf, pos: int) -> tuple[int, int]:
     """Classic array count (int32, -1 = null). A count above the remaining bytes is corrupt: every
     element of every protocol array takes at least one byte."""
     (n,) = unpack_i32(buf, pos)
@@ -108,7 +116,7 @@ def read_array_len(buf, pos: int) -> tuple[int, int]:
     return n, pos
 
 
-def read_compact_array_len(buf, pos: int) -> tuple[int, int]:
+def read_compact_array_len(buf: Buf, pos: int) -> tuple[int, int]:
     """Compact array count (uvarint N+1, 0 = null); returns -1 for null."""
     n, pos = read_uvarint(buf, pos)
     n -= 1
@@ -117,11 +125,11 @@ def read_compact_array_len(buf, pos: int) -> tuple[int, int]:
     return n, pos
 
 
-def write_array_len(out: bytearray, items) -> None:
+def write_array_len(out: bytearray, items: Optional[Sequence[Any]]) -> None:
     out += pack_i32(-1 if items is None else len(items))
 
 
-def write_compact_array_len(out: bytearray, items) -> None:
+def write_compact_array_len(out: bytearray, items: Optional[Sequence[Any]]) -> None:
     write_uvarint(out, 0 if items is None else len(items) + 1)
 
 
@@ -129,7 +137,7 @@ def write_compact_array_len(out: bytearray, items) -> None:
 # strings
 # ---------------------------------------------------------------------------------------------------
 
-def read_string(buf, pos: int):
+def read_string(buf: Buf, pos: int) -> tuple[Optional[str], int]:
     """Classic string (int16 length). Returns None for -1; callers of non-nullable fields reject it."""
     (n,) = unpack_i16(buf, pos)
     pos += 2
@@ -141,7 +149,7 @@ def read_string(buf, pos: int):
     return str(buf[pos:end], "utf-8"), end
 
 
-def read_compact_string(buf, pos: int):
+def read_compact_string(buf: Buf, pos: int) -> tuple[Optional[str], int]:
     n, pos = read_uvarint(buf, pos)
     if n == 0:
         return None, pos
@@ -149,7 +157,7 @@ def read_compact_string(buf, pos: int):
     return str(buf[pos:end], "utf-8"), end
 
 
-def write_string(out: bytearray, value) -> None:
+def write_string(out: bytearray, value: Optional[str]) -> None:
     if value is None:
         out += b"\xff\xff"
         return
@@ -160,7 +168,7 @@ def write_string(out: bytearray, value) -> None:
     out += data
 
 
-def write_compact_string(out: bytearray, value) -> None:
+def write_compact_string(out: bytearray, value: Optional[str]) -> None:
     if value is None:
         out.append(0)
         return
@@ -173,7 +181,7 @@ def write_compact_string(out: bytearray, value) -> None:
 # bytes and records (records are raw bytes here: the codec owns their content)
 # ---------------------------------------------------------------------------------------------------
 
-def read_bytes(buf, pos: int):
+def read_bytes(buf: Buf, pos: int) -> tuple[Optional[bytes], int]:
     (n,) = unpack_i32(buf, pos)
     pos += 4
     if n < 0:
@@ -184,7 +192,7 @@ def read_bytes(buf, pos: int):
     return bytes(buf[pos:end]), end
 
 
-def read_compact_bytes(buf, pos: int):
+def read_compact_bytes(buf: Buf, pos: int) -> tuple[Optional[bytes], int]:
     n, pos = read_uvarint(buf, pos)
     if n == 0:
         return None, pos
@@ -192,7 +200,7 @@ def read_compact_bytes(buf, pos: int):
     return bytes(buf[pos:end]), end
 
 
-def write_bytes(out: bytearray, value) -> None:
+def write_bytes(out: bytearray, value: Optional[BytesLike]) -> None:
     if value is None:
         out += b"\xff\xff\xff\xff"
         return
@@ -200,7 +208,7 @@ def write_bytes(out: bytearray, value) -> None:
     out += value
 
 
-def write_compact_bytes(out: bytearray, value) -> None:
+def write_compact_bytes(out: bytearray, value: Optional[BytesLike]) -> None:
     if value is None:
         out.append(0)
         return
@@ -212,16 +220,16 @@ def write_compact_bytes(out: bytearray, value) -> None:
 # uuid, bool
 # ---------------------------------------------------------------------------------------------------
 
-def read_uuid(buf, pos: int):
+def read_uuid(buf: Buf, pos: int) -> tuple[uuid.UUID, int]:
     end = _check(buf, pos, 16)
     return _UUID(bytes=bytes(buf[pos:end])), end
 
 
-def write_uuid(out: bytearray, value) -> None:
+def write_uuid(out: bytearray, value: uuid.UUID) -> None:
     out += value.bytes
 
 
-def read_bool(buf, pos: int):
+def read_bool(buf: Buf, pos: int) -> tuple[bool, int]:
     (v,) = unpack_i8(buf, pos)
     return v != 0, pos + 1
 
@@ -230,14 +238,14 @@ def read_bool(buf, pos: int):
 # tagged fields
 # ---------------------------------------------------------------------------------------------------
 
-def read_tag_header(buf, pos: int) -> tuple[int, int, int]:
+def read_tag_header(buf: Buf, pos: int) -> tuple[int, int, int]:
     """Read one tagged field's tag and size; returns (tag, start, end) with end checked."""
     tag, pos = read_uvarint(buf, pos)
     size, pos = read_uvarint(buf, pos)
     return tag, pos, _check(buf, pos, size)
 
 
-def read_tag_count(buf, pos: int) -> tuple[int, int]:
+def read_tag_count(buf: Buf, pos: int) -> tuple[int, int]:
     n, pos = read_uvarint(buf, pos)
     # Each tagged field takes at least two bytes (tag and size).
     if n * 2 > len(buf) - pos:
@@ -245,7 +253,7 @@ def read_tag_count(buf, pos: int) -> tuple[int, int]:
     return n, pos
 
 
-def write_tagged_fields(out: bytearray, fields: list) -> None:
+def write_tagged_fields(out: bytearray, fields: Sequence[tuple[int, BytesLike]]) -> None:
     """``fields`` is a list of (tag, bytes) in ascending tag order (the generator sorts them)."""
     write_uvarint(out, len(fields))
     for tag, data in fields:
@@ -254,7 +262,7 @@ def write_tagged_fields(out: bytearray, fields: list) -> None:
         out += data
 
 
-def corrupt(what: str):
+def corrupt(what: str) -> NoReturn:
     """Raise CorruptFrameError (generated code calls this for a null in a non-nullable field)."""
     raise CorruptFrameError(what)
 
@@ -270,18 +278,25 @@ class Struct:
     ``_encode(self, out, version)`` and the classmethod ``_decode(cls, buf, pos, version)``.
     """
 
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
 
-    def __eq__(self, other):
+    def _encode(self, out: bytearray, version: int) -> None:
+        raise NotImplementedError  # every generated struct has its own
+
+    @classmethod
+    def _decode(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
+        raise NotImplementedError  # every generated struct has its own
+
+    def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
         return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         inner = ", ".join(f"{s}={getattr(self, s)!r}" for s in self.__slots__)
         return f"{type(self).__qualname__}({inner})"
 
-    __hash__ = None  # mutable: not hashable
+    __hash__ = None  # type: ignore[assignment]  # mutable: not hashable
 
 
 # Exceptions that inline decode code may raise on malformed input; turned into CorruptFrameError.
@@ -311,7 +326,7 @@ class Message(Struct):
         return bytes(out)
 
     @classmethod
-    def decode(cls, data, version: int):
+    def decode(cls, data: Buf, version: int) -> Self:
         """Decode a body in ``version``. Malformed or truncated input raises only CorruptFrameError.
 
         Trailing bytes after the body are ignored. Fields the version lacks keep their defaults;
@@ -331,7 +346,7 @@ class Message(Struct):
         return obj
 
     @classmethod
-    def decode_prefix(cls, buf, pos: int, version: int):
+    def decode_prefix(cls, buf: memoryview, pos: int, version: int) -> tuple[Self, int]:
         """Like :meth:`decode` from ``pos`` of a memoryview; returns ``(message, end_pos)``."""
         try:
             return cls._decode(buf, pos, version)

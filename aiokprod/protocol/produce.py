@@ -17,10 +17,11 @@ after every struct)::
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from aiokprod.errors import UnsupportedVersionError
 from aiokprod.protocol.framing import encode_request_header
-from aiokprod.protocol.primitives import write_compact_string, write_string, write_uvarint
+from aiokprod.protocol.primitives import BytesLike, write_compact_string, write_string, write_uvarint
 
 __all__ = ["encode_produce_request", "PRODUCE_API_KEY", "MIN_VERSION", "MAX_VERSION"]
 
@@ -35,7 +36,8 @@ _pack_i32 = struct.Struct(">i").pack
 
 def encode_produce_request(api_version: int, correlation_id: int, client_id: str | None,
                            transactional_id: str | None, acks: int, timeout_ms: int,
-                           topics) -> list:
+                           topics: Sequence[tuple[str, Sequence[tuple[int, BytesLike | None]]]],
+                           ) -> list[bytearray | memoryview]:
     """Encode a whole Produce request frame as a list of buffers for ``transport.writelines``.
 
     ``topics`` is a sequence of ``(topic_name, partitions)``; ``partitions`` a sequence of
@@ -48,7 +50,7 @@ def encode_produce_request(api_version: int, correlation_id: int, client_id: str
             broker_message=f"fast Produce encoder supports versions {MIN_VERSION}-{MAX_VERSION}, "
                            f"not {api_version}")
     flex = api_version >= _FIRST_FLEXIBLE
-    pieces = []
+    pieces: list[bytearray | memoryview] = []
     total = 0  # bytes after the size prefix
     # `cur` collects framing bytes until the next batch; the size prefix is patched in at the end.
     cur = bytearray(b"\0\0\0\0")
@@ -96,6 +98,6 @@ def encode_produce_request(api_version: int, correlation_id: int, client_id: str
     if cur:
         pieces.append(cur)
         total += len(cur)
-    first = pieces[0]
-    struct.pack_into(">i", first, 0, total - 4)
+    # pieces[0] is the bytearray that starts with the size prefix (a batch is never first).
+    struct.pack_into(">i", pieces[0], 0, total - 4)
     return pieces
