@@ -35,7 +35,7 @@ class ProducerBatch:
     __slots__ = (
         "topic", "partition", "builder", "completion", "created", "reserved", "attempts", "closed",
         "producer_id", "producer_epoch", "base_sequence", "transactional", "payload", "retry_at",
-        "deadline", "outcome_unknown", "record_count", "drain_order",
+        "deadline", "outcome_unknown", "record_count", "drain_order", "last_error",
     )
 
     def __init__(self, topic: str, partition: int, builder, completion, now: float, deadline: float) -> None:
@@ -61,6 +61,8 @@ class ProducerBatch:
         self.record_count = 0
         # Order of first drain (over all partitions): retries go back in this order.
         self.drain_order = -1
+        # What made the last attempt fail (None before any): the cause a delivery timeout reports.
+        self.last_error = None
 
     def freeze(self, producer_id: int, producer_epoch: int, base_sequence: int, transactional: bool) -> None:
         """Fix the producer fields and build the bytes (once; a retry with the same fields reuses them)."""
@@ -310,6 +312,16 @@ class RecordAccumulator:
                 self._batch_closed(batch)
                 result.append(batch)
         return result
+
+    def earliest_deadline(self) -> Optional[float]:
+        """The soonest delivery deadline among queued batches (a queue's oldest batch is its head), or None."""
+        earliest = None
+        for queue in self.queues.values():
+            if queue.batches:
+                deadline = queue.batches[0].deadline
+                if earliest is None or deadline < earliest:
+                    earliest = deadline
+        return earliest
 
     def all_batches(self):
         for queue in self.queues.values():

@@ -10,6 +10,7 @@ when the user asked for it explicitly, the conflict is an error.
 from __future__ import annotations
 
 import dataclasses
+import math
 import ssl
 from typing import Any, Callable, Optional, Sequence
 
@@ -18,6 +19,7 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 # The broker keeps the last 5 batches per producer and partition for duplicate detection.
 MAX_IDEMPOTENT_IN_FLIGHT = 5
+DEFAULT_DELIVERY_TIMEOUT_MS = 120000
 
 
 class ConfigError(ValueError):
@@ -39,7 +41,8 @@ class ProducerConfig:
     request_timeout_ms: int = 30000
     retry_backoff_ms: int = 100
     retry_backoff_max_ms: int = 1000
-    delivery_timeout_ms: int = 120000
+    # None: 120000, or linger_ms + request_timeout_ms if that is more (validate() fills the number in).
+    delivery_timeout_ms: Optional[int] = None
     retries: Optional[int] = None
     enable_idempotence: Optional[bool] = None
     max_in_flight_requests_per_connection: int = 5
@@ -96,7 +99,7 @@ class ProducerConfig:
         for name, low in (
             ("batch_size", 1), ("max_request_size", 1), ("buffer_memory", 1), ("max_block_ms", 0),
             ("request_timeout_ms", 1), ("retry_backoff_ms", 0), ("retry_backoff_max_ms", 0),
-            ("delivery_timeout_ms", 1), ("max_in_flight_requests_per_connection", 1),
+            ("max_in_flight_requests_per_connection", 1),
             ("metadata_max_age_ms", 0), ("transaction_timeout_ms", 1), ("stop_timeout_ms", 0),
             ("connections_max_idle_ms", 0), ("socket_connection_setup_timeout_ms", 1),
         ):
@@ -105,6 +108,7 @@ class ProducerConfig:
             raise ConfigError(f"linger_ms must be a number >= 0, got {self.linger_ms!r}")
         if self.retries is not None:
             _check_int("retries", self.retries, 0)
+        self._validate_delivery_timeout()
         if self.buffer_memory < self.batch_size:
             raise ConfigError(
                 f"buffer_memory ({self.buffer_memory}) must be at least batch_size ({self.batch_size})"
@@ -121,6 +125,22 @@ class ProducerConfig:
         self.interceptors = tuple(self.interceptors or ())
         self._validate_security()
         self._validate_idempotence()
+
+    def _validate_delivery_timeout(self) -> None:
+        """The Java client's rule: a record must get at least one full attempt (lingering, then one request
+        timeout) before it can expire, or it would be failed while its only request may still be answered.
+        Asked for explicitly, a shorter delivery_timeout_ms is an error; left to its default, it is raised to
+        linger_ms + request_timeout_ms (the Java client does both)."""
+        floor = self.linger_ms + self.request_timeout_ms
+        if self.delivery_timeout_ms is None:
+            self.delivery_timeout_ms = max(DEFAULT_DELIVERY_TIMEOUT_MS, math.ceil(floor))
+            return
+        _check_int("delivery_timeout_ms", self.delivery_timeout_ms, 1)
+        if self.delivery_timeout_ms < floor:
+            raise ConfigError(
+                f"delivery_timeout_ms ({self.delivery_timeout_ms}) must be at least linger_ms + "
+                f"request_timeout_ms ({self.linger_ms} + {self.request_timeout_ms} = {floor}): a record must "
+                "get a whole attempt before it expires")
 
     def _validate_security(self) -> None:
         if self.security_protocol not in SECURITY_PROTOCOLS:

@@ -19,7 +19,8 @@ The hierarchy::
     │   └── RequestTimedOutError        code 7: the *broker* timed out (e.g. acks=-1 replication)
     ├── KafkaConnectionError            the connection failed or closed (a RetriableError)
     ├── KafkaTimeoutError               a client-side deadline passed (delivery, metadata wait, request);
-    │                                   a RetriableError like Java's TimeoutException
+    │   │                               a RetriableError like Java's TimeoutException
+    │   └── DeliveryTimeoutError        a record was not delivered within delivery_timeout_ms
     ├── RecordTooLargeError             client-side: a record is larger than max_request_size /
     │                                   buffer_memory (the broker's is MessageTooLargeError, code 10)
     ├── ProducerClosedError             send() after close(), or pending records failed by close
@@ -101,6 +102,20 @@ class KafkaTimeoutError(RetriableError):
     """
 
     retriable = True
+
+
+class DeliveryTimeoutError(KafkaTimeoutError):
+    """A record was not delivered within ``delivery_timeout_ms`` (the sender expired its batch).
+
+    ``__cause__`` is the error of the batch's last attempt (None if it was never sent, or if it was in flight
+    with no answer yet). ``may_have_been_written`` is True when the last attempt got no answer, so the broker
+    may have written the record after all. ``attempts`` counts the requests that carried it.
+    """
+
+    topic: str | None = None
+    partition: int | None = None
+    attempts = 0
+    may_have_been_written = False
 
 
 class RecordTooLargeError(KafkaError):

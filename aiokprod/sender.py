@@ -23,6 +23,19 @@ so the broker recognises the duplicate. When the producer id must change (UNKNOW
 restart, a sequence that will never be acknowledged), the sender first settles every batch of unknown
 outcome with the old identity, waits for everything in flight, and only then takes a new id and renumbers
 what is still queued, all of it known to be unwritten.
+
+Delivery timeout: every record fails within ``delivery_timeout_ms`` whatever the broker does, so nothing the
+loop awaits may hold up expiry. The loop never awaits I/O: InitProducerId runs in a task of its own (while it
+is pending nothing new is drained, but expiry goes on), and every sleep is bounded by the soonest deadline of
+a queued or in-flight batch. A batch whose deadline passes while its request is in flight is failed then,
+as the Java client does, with ``DeliveryTimeoutError`` saying that the broker may have written it; it still
+counts as in flight (its partition sends nothing to another broker, an identity reset waits for it) until its
+request is answered or cut, and that answer only clears the slot. Its sequence is burnt: if the broker never
+wrote it, the partition's later sequences would leave a gap (OUT_OF_ORDER_SEQUENCE for ever), and if it did,
+re-sending it would duplicate it. So an idempotent producer takes a new producer id once everything in flight
+is back (as for any other failed batch that had a sequence, ``_settle_error``); under the new id the queued
+batches, known to be unwritten, are renumbered from 0: no gap, and no record is sent twice, because the
+expired batch itself is never re-sent.
 """
 from __future__ import annotations
 
@@ -71,6 +84,12 @@ class Sender:
         self._produce_response = None if self.acks == 0 else RESPONSE_CLASSES[ProduceRequest.API_KEY]
         self._wakeup: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
+        # InitProducerId in flight (a task, so that the loop never waits for it) and when it may be retried.
+        self._identity_task: Optional[asyncio.Task] = None
+        self._identity_retry_at = 0.0
+        # Batches failed by delivery timeout while their request is in flight: their handles are settled, but
+        # they stay in in_flight_batches (and their partition's in-flight count) until the request ends.
+        self._expired_in_flight: set = set()
         self._closing = False
         self._random = random.Random()
 
@@ -96,15 +115,24 @@ class Sender:
             except (asyncio.CancelledError, Exception):
                 pass
             self._task = None
+        if self._identity_task is not None:
+            self._identity_task.cancel()
+            try:
+                await self._identity_task
+            except BaseException:  # its outcome no longer matters; its done-callback logged failures
+                pass
+            self._identity_task = None
         self._fail_everything(error)
 
     def _fail_everything(self, error: BaseException) -> None:
         for batch in list(self.accumulator.all_batches()) + list(self.in_flight_batches):
-            self._fail(batch, error)
+            if batch not in self._expired_in_flight:  # those were failed already, with the timeout
+                self._fail(batch, error)
         for queue in self.accumulator.queues.values():
             queue.batches.clear()
             queue.in_flight = 0
         self.in_flight_batches.clear()
+        self._expired_in_flight.clear()
 
     # -- the loop -----------------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -122,6 +150,8 @@ class Sender:
                 return
 
     async def _turn(self) -> None:
+        # The only await is the sleep at the end, bounded by the soonest delivery deadline: whatever the
+        # broker does (frozen, slow, gone), expiry runs on time (see the module docstring).
         wakeup = self._wakeup
         wakeup.clear()
         now = time.monotonic()
@@ -129,29 +159,70 @@ class Sender:
         self._expire(now)
         if now - self.cluster.last_refresh > metadata_age:
             self.cluster.request_refresh()
+        next_check: Optional[float] = None
         sendable = _always
         if self.idempotent and self.identity.needs_reset:
             if self._unknown_outcomes_pending():
                 # Settle them with the old identity first (see the module docstring).
                 sendable = _only_unknown_outcome
-            elif self.in_flight_batches:
-                await wakeup.wait()  # answers to the old identity must come back first
-                return
             else:
-                try:
-                    await self._init_producer_id()
-                except errors.KafkaError as exc:
-                    if not exc.retriable:
-                        self.fatal_error = exc
-                        self.on_fatal()
-                        self._fail_everything(exc)
-                    log.warning("InitProducerId failed: %s", exc)
-                    await self._sleep_or_wakeup(self.config.retry_backoff_ms / 1000.0)
-                    return
-        next_check = self._send_ready(now, sendable)
+                # Answers to the old identity must come back before a new one is taken; a response wakes us.
+                sendable = None
+                if not self.in_flight_batches:
+                    next_check = self._reset_identity(now)
+        if sendable is not None:
+            next_check = self._send_ready(now, sendable)
+        # Wake for the next expiry too: the in-flight window may be full, or a connection still opening,
+        # and neither wakes us when a queued batch's deadline passes.
+        deadline = self._earliest_deadline()
+        if deadline is not None:
+            next_check = _min(next_check, deadline - now)
         if next_check is None:
             next_check = metadata_age
         await self._sleep_or_wakeup(max(next_check, 0.0005))
+
+    def _earliest_deadline(self) -> Optional[float]:
+        deadline = self.accumulator.earliest_deadline()
+        expired = self._expired_in_flight
+        for batch in self.in_flight_batches:
+            if batch not in expired and (deadline is None or batch.deadline < deadline):
+                deadline = batch.deadline
+        return deadline
+
+    def _reset_identity(self, now: float) -> Optional[float]:
+        """Start InitProducerId in a task of its own (unless one runs or is backing off); return when to look
+        again, or None to wait for its wake-up."""
+        if self._identity_task is not None:
+            return None
+        if now < self._identity_retry_at:
+            return self._identity_retry_at - now
+        task = self._identity_task = asyncio.get_running_loop().create_task(
+            self._init_producer_id(), name="aiokprod-init-producer-id")
+        task.add_done_callback(self._identity_done)
+        return None
+
+    def _identity_done(self, task: asyncio.Task) -> None:
+        self._identity_task = None
+        if task.cancelled():
+            return
+        exc = task.exception()  # retrieved here: nobody else awaits this task
+        if exc is None:
+            self.wakeup()
+            return
+        if isinstance(exc, errors.KafkaError) and exc.retriable:
+            log.warning("InitProducerId failed: %s", exc)
+            self._identity_retry_at = time.monotonic() + self.config.retry_backoff_ms / 1000.0
+            self.wakeup()
+            return
+        if not isinstance(exc, errors.KafkaError):
+            log.error("InitProducerId failed", exc_info=exc)
+        else:
+            log.warning("InitProducerId failed: %s", exc)
+        if self._closing:
+            return
+        self.fatal_error = exc
+        self.on_fatal()
+        self._fail_everything(exc)
 
     def _unknown_outcomes_pending(self) -> bool:
         if any(batch.outcome_unknown for batch in self.in_flight_batches):
@@ -285,7 +356,11 @@ class Sender:
             self.in_flight_batches.discard(batch)
             queue = self.accumulator.queues[(batch.topic, batch.partition)]
             queue.in_flight -= 1
-            if error is not None:
+            if batch in self._expired_in_flight:
+                # Failed at its deadline already (see the module docstring); this answer only frees the slot.
+                # Written or not, its sequence was given up and the identity reset is under way.
+                self._expired_in_flight.discard(batch)
+            elif error is not None:
                 # No answer: the broker may or may not have written it. Retry with the same sequence.
                 batch.outcome_unknown = True
                 self._retry(batch, error, refresh=True)
@@ -345,10 +420,14 @@ class Sender:
         batch.completion.resolve(base_offset, log_append_time if log_append_time is not None else -1)
 
     def _retry(self, batch, error: BaseException, refresh: bool) -> None:
+        batch.last_error = error
         now = time.monotonic()
         retries = self.config.retries
-        if self._closing or now >= batch.deadline or (retries is not None and batch.attempts > retries):
+        if now >= batch.deadline:
             self._settle_error(batch, _delivery_failed(batch, error, now))
+            return
+        if self._closing or (retries is not None and batch.attempts > retries):
+            self._settle_error(batch, _gave_up(batch, error, retries, self._closing))
             return
         self.metrics.retries += 1
         queue = self.accumulator.queues[(batch.topic, batch.partition)]
@@ -374,17 +453,45 @@ class Sender:
 
     def _expire(self, now: float) -> None:
         for batch in self.accumulator.expired(now):
-            self._settle_error(batch, _delivery_failed(batch, None, now))
+            self._settle_error(batch, _delivery_failed(batch, batch.last_error, now))
+        expired = self._expired_in_flight
+        for batch in self.in_flight_batches:
+            if batch.deadline <= now and batch not in expired:
+                # In flight, no answer yet: fail it now rather than when the request times out (the
+                # Java client does the same); it keeps its in-flight slot until the request ends.
+                expired.add(batch)
+                self._settle_error(batch, _delivery_failed(batch, batch.last_error, now, in_flight=True))
 
 
-def _delivery_failed(batch, cause, now: float) -> errors.KafkaTimeoutError:
+def _delivery_failed(batch, cause, now: float, in_flight: bool = False) -> errors.DeliveryTimeoutError:
     waited = now - batch.created
-    detail = f": last error {cause}" if cause is not None else ""
-    doubt = (" The last attempt got no answer, so the broker may have written it."
-             if batch.outcome_unknown else "")
-    exc = errors.KafkaTimeoutError(
+    if in_flight:
+        state = f"expired while attempt {batch.attempts} was in flight with no answer yet"
+    elif batch.attempts == 0:
+        state = "expired before it could be sent"
+    else:
+        state = f"expired waiting to be retried after {batch.attempts} attempt(s)"
+    detail = f"; last error: {cause}" if cause is not None else ""
+    doubt = in_flight or batch.outcome_unknown
+    exc = errors.DeliveryTimeoutError(
         f"{len(batch.builder)} record(s) for {batch.topic}-{batch.partition} not delivered within "
-        f"delivery_timeout_ms ({waited:.1f}s, {batch.attempts} attempt(s)){detail}.{doubt}")
+        f"delivery_timeout_ms: {state} ({waited:.1f}s after the batch was created){detail}."
+        + (" The last attempt got no answer, so the broker may have written it." if doubt else ""))
+    exc.topic = batch.topic
+    exc.partition = batch.partition
+    exc.attempts = batch.attempts
+    exc.may_have_been_written = doubt
+    exc.__cause__ = cause
+    return exc
+
+
+def _gave_up(batch, cause, retries, closing: bool) -> errors.KafkaError:
+    """Not retried although its deadline is not reached: the producer is closing, or ``retries`` is spent."""
+    why = "the producer is closing" if closing else f"retries={retries} reached"
+    doubt = " The last attempt got no answer, so the broker may have written it." if batch.outcome_unknown else ""
+    cls = errors.ProducerClosedError if closing else errors.KafkaError
+    exc = cls(f"{len(batch.builder)} record(s) for {batch.topic}-{batch.partition} not delivered: {why} after "
+              f"{batch.attempts} attempt(s); last error: {cause}.{doubt}")
     exc.topic = batch.topic
     exc.partition = batch.partition
     exc.__cause__ = cause

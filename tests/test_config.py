@@ -68,18 +68,18 @@ def test_dotted_names_java_and_librdkafka():
         "compression.type": "lz4",
         "acks": "all",
         "max.in.flight.requests.per.connection": 3,
-        "delivery.timeout.ms": 5000,
+        "delivery.timeout.ms": 45000,
         "client_id": "mixed-with-keywords",
     })
     assert config.bootstrap_list == [("k1", 9092), ("k2", 9093)]
     assert (config.linger_ms, config.batch_size, config.compression_type) == (7, 1000, "lz4")
     assert config.max_in_flight_requests_per_connection == 3
-    assert config.delivery_timeout_ms == 5000 and config.client_id == "mixed-with-keywords"
+    assert config.delivery_timeout_ms == 45000 and config.client_id == "mixed-with-keywords"
     librdkafka = ProducerConfig.from_dict({"metadata.broker.list": "h:1", "queue.buffering.max.ms": 3,
                                            "compression.codec": "zstd", "request.required.acks": 1,
-                                           "message.timeout.ms": 9000})
+                                           "message.timeout.ms": 40000})
     assert (librdkafka.linger_ms, librdkafka.compression_type, librdkafka.acks_value) == (3, "zstd", 1)
-    assert librdkafka.delivery_timeout_ms == 9000
+    assert librdkafka.delivery_timeout_ms == 40000
     assert librdkafka.idempotent is False  # acks=1, idempotence not asked for: quietly off
 
 
@@ -157,3 +157,40 @@ def test_transactional_id_and_timeout():
             ProducerConfig(transactional_id=bad)
     with pytest.raises(ConfigError, match="transaction_timeout_ms"):
         ProducerConfig(transactional_id="tx", transaction_timeout_ms=0)
+
+
+# -- delivery_timeout_ms >= linger_ms + request_timeout_ms (the Java client's rule) -----------------------
+
+@pytest.mark.parametrize("delivery, linger, request_timeout", [(5000, 5, 30000), (30004, 5, 30000), (1000, 0.5, 1000),
+                                                       (2999, 0, 3000)])
+def test_delivery_timeout_below_linger_plus_request_timeout_is_refused(delivery, linger, request_timeout):
+    with pytest.raises(ConfigError) as caught:
+        ProducerConfig(delivery_timeout_ms=delivery, linger_ms=linger, request_timeout_ms=request_timeout)
+    text = str(caught.value)
+    assert f"delivery_timeout_ms ({delivery})" in text
+    assert f"linger_ms + request_timeout_ms ({linger} + {request_timeout} = {linger + request_timeout})" in text
+
+
+@pytest.mark.parametrize("delivery, linger, request_timeout", [(30005, 5, 30000), (3000, 0, 3000), (1001, 0.5, 1000)])
+def test_delivery_timeout_at_or_above_linger_plus_request_timeout_is_accepted(delivery, linger, request_timeout):
+    config = ProducerConfig(delivery_timeout_ms=delivery, linger_ms=linger, request_timeout_ms=request_timeout)
+    assert config.delivery_timeout_ms == delivery
+
+
+def test_delivery_timeout_rule_applies_to_dotted_names():
+    with pytest.raises(ConfigError, match=r"delivery_timeout_ms \(9000\) must be at least linger_ms \+ "
+                                          r"request_timeout_ms \(5 \+ 10000 = 10005\)"):
+        ProducerConfig.from_dict({"message.timeout.ms": "9000", "request.timeout.ms": "10000"})
+
+
+def test_defaulted_delivery_timeout_is_raised_to_linger_plus_request_timeout():
+    """As in the Java client, only an explicit value is an error; the default makes room."""
+    assert ProducerConfig().delivery_timeout_ms == 120000
+    assert ProducerConfig(linger_ms=60000, request_timeout_ms=90000).delivery_timeout_ms == 150000
+    assert ProducerConfig(linger_ms=0.5, request_timeout_ms=120000).delivery_timeout_ms == 120001
+
+
+@pytest.mark.parametrize("value", [0, -1, "5000", 1.5, True])
+def test_delivery_timeout_must_be_a_positive_int(value):
+    with pytest.raises(ConfigError, match=r"delivery_timeout_ms must be an int >= 1"):
+        ProducerConfig(delivery_timeout_ms=value)
