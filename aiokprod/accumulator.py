@@ -87,9 +87,13 @@ class ProducerBatch:
 
 
 class PartitionQueue:
-    """The batches of one partition, oldest first, and its idempotence sequence state."""
+    """The batches of one partition, oldest first, and how many of its drained batches are out.
 
-    __slots__ = ("topic", "partition", "batches", "in_flight", "in_flight_node", "next_sequence", "blocked")
+    Changed only by the accumulator's methods (the sender drains, requeues and clears through them); the
+    sequences, in-doubt batches and the *blocked* flag of idempotence belong to the ``TransactionManager``.
+    """
+
+    __slots__ = ("topic", "partition", "batches", "in_flight", "in_flight_node")
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic
@@ -99,10 +103,6 @@ class PartitionQueue:
         # The broker the in-flight batches went to: nothing is drained to another one until they are back,
         # or a leader change could put a later batch in the log before an earlier one.
         self.in_flight_node = -1
-        self.next_sequence = 0
-        # Set after a retriable failure: nothing more is drained until every in-flight batch of this partition
-        # came back, so retried batches go out again in sequence order (no reordering, no gaps).
-        self.blocked = False
 
 
 class MemoryWaiter:
@@ -261,7 +261,7 @@ class RecordAccumulator:
         linger = self.linger
         force = self.flushing > 0 or self.closed
         for queue in self.queues.values():
-            if not queue.batches or queue.blocked or not sendable(queue):
+            if not queue.batches or not sendable(queue):
                 continue
             batch = queue.batches[0]
             if batch.retry_at > now:
@@ -277,6 +277,65 @@ class RecordAccumulator:
             if next_check is None or wait < next_check:
                 next_check = wait
         return ready, next_check
+
+    @staticmethod
+    def head(queue: PartitionQueue) -> ProducerBatch:
+        """The batch a drain of ``queue`` would take (its oldest)."""
+        return queue.batches[0]
+
+    def drain_head(self, queue: PartitionQueue, node: int) -> ProducerBatch:
+        """Take ``queue``'s oldest batch for a request to broker ``node``: it counts as in flight there
+        until :meth:`returned`."""
+        batch = queue.batches.popleft()
+        queue.in_flight += 1
+        queue.in_flight_node = node
+        self.mark_drained(batch)
+        return batch
+
+    def pop_head(self, queue: PartitionQueue) -> ProducerBatch:
+        """Take ``queue``'s oldest batch out without sending it (the caller fails it)."""
+        batch = queue.batches.popleft()
+        self._batch_closed(batch)
+        return batch
+
+    def returned(self, batch: ProducerBatch) -> PartitionQueue:
+        """A drained batch's request ended (answered, lost or cut): it no longer counts as in flight."""
+        queue = self.queues[(batch.topic, batch.partition)]
+        queue.in_flight -= 1
+        return queue
+
+    def in_flight_elsewhere(self, queue: PartitionQueue, node: int) -> bool:
+        """Batches of ``queue`` are in flight to a broker other than ``node`` (the leader moved): nothing
+        more of it may go to ``node`` until they are back."""
+        return queue.in_flight > 0 and queue.in_flight_node != node
+
+    def take_all(self) -> list:
+        """Remove every queued batch (the producer is closing or failed; the caller fails them)."""
+        taken = []
+        for queue in self.queues.values():
+            for batch in queue.batches:
+                self._batch_closed(batch)
+                taken.append(batch)
+            queue.batches.clear()
+            queue.in_flight = 0
+        return taken
+
+    def take_unsent(self) -> list:
+        """Remove the batches never drained (an aborted transaction fails them); retries, which carry a
+        sequence the broker may be waiting for, stay queued."""
+        taken = []
+        for queue in self.queues.values():
+            batches = queue.batches
+            if not batches or batches[-1].drain_order >= 0:
+                continue
+            kept = [b for b in batches if b.drain_order >= 0]
+            for batch in batches:
+                if batch.drain_order < 0:
+                    self._batch_closed(batch)
+                    taken.append(batch)
+            batches.clear()  # in place: the appender holds this deque
+            batches.extend(kept)
+        return taken
 
     def mark_drained(self, batch: ProducerBatch) -> None:
         """Called when a batch leaves its queue (frozen by the sender): it takes no more records; the first
@@ -330,10 +389,10 @@ class RecordAccumulator:
     def has_unsent(self) -> bool:
         return any(queue.batches for queue in self.queues.values())
 
-    def reset_sequences(self) -> None:
-        """A new producer id: every partition starts again at sequence 0, unsent batches get new numbers."""
+    def forget_sequences(self) -> None:
+        """A new producer identity: queued batches (all known to be unwritten) lose their sequence and bytes,
+        to be numbered again at their next drain."""
         for queue in self.queues.values():
-            queue.next_sequence = 0
             for batch in queue.batches:
                 batch.base_sequence = -1
                 batch.payload = None

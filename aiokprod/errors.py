@@ -27,6 +27,9 @@ The hierarchy::
     ├── IllegalStateError               an operation not allowed in the current state (transactions)
     ├── TransactionFailedError          an AbortableError: records of the transaction failed, so it
     │                                   cannot commit (the first record error is its __cause__)
+    ├── TransactionAbortedError         an AbortableError: the record's transaction was aborted before it
+    │                                   was sent
+    ├── TransactionTimedOutError        an AbortableError: open longer than transaction_timeout_ms
     └── AuthenticationError             SASL/TLS authentication failed (a FatalError); the broker's SASL
                                         codes (UnsupportedSaslMechanismError 33, IllegalSaslStateError 34,
                                         SaslAuthenticationFailedError 58) are subclasses of it too
@@ -38,7 +41,7 @@ must be aborted, whatever raised it:
 * ``RetriableError``: every broker code the protocol marks retriable, ``KafkaConnectionError``,
   ``KafkaTimeoutError``. The producer retries these inside (within ``delivery_timeout_ms``); a user sees
   one only when that budget ran out.
-* ``AbortableError``: ``TransactionFailedError``, TOPIC/GROUP_AUTHORIZATION_FAILED (29, 30),
+* ``AbortableError``: ``TransactionFailedError``, ``TransactionAbortedError``, ``TransactionTimedOutError``, TOPIC/GROUP_AUTHORIZATION_FAILED (29, 30),
   OUT_OF_ORDER_SEQUENCE_NUMBER (45), INVALID_PRODUCER_ID_MAPPING (49), UNKNOWN_PRODUCER_ID (59),
   TRANSACTION_ABORTABLE (120). Abort the transaction, then go on with the next one.
 * ``FatalError``: PRODUCER_FENCED (90), INVALID_PRODUCER_EPOCH (47), INVALID_TXN_STATE (48),
@@ -132,6 +135,15 @@ class IllegalStateError(KafkaError):
 
 class AuthenticationError(FatalError):
     """SASL (or TLS) authentication failed. The broker's SASL error codes are subclasses of this."""
+
+
+class TransactionAbortedError(AbortableError):
+    """The record was not sent: its transaction was aborted before it left the buffer."""
+
+
+class TransactionTimedOutError(AbortableError):
+    """The transaction was open longer than ``transaction_timeout_ms``: the coordinator aborts such a
+    transaction, so it cannot commit. Abort it."""
 
 
 class TransactionFailedError(AbortableError):
@@ -326,6 +338,7 @@ class ProduceAction:
     RETRY = "retry"                      # back to the queue, after backoff
     REFRESH_AND_RETRY = "refresh_retry"  # the same, after asking for fresh metadata (leader moved, ...)
     RESET_AND_RETRY = "reset_retry"      # idempotence state lost or diverged: new producer id, renumber
+    RETRY_UNSURE = "retry_unsure"        # retry, but the broker may have written it: the batch is in doubt
     FAIL = "fail"                        # the batch fails with the error
 
 
@@ -340,6 +353,10 @@ def classify_produce_error(code: int, *, idempotent: bool, earlier_batch_failed:
     if idempotent:
         if code == 59:  # UNKNOWN_PRODUCER_ID: the broker forgot us (restart, retention)
             return ProduceAction.RESET_AND_RETRY
+        if code == 7 or code == 20:
+            # REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND: the leader may have appended it (the Java
+            # client and franz-go treat both as "unsure if produced"); only ever re-sent under its identity.
+            return ProduceAction.RETRY_UNSURE
         if code == 45:  # OUT_OF_ORDER_SEQUENCE_NUMBER
             return ProduceAction.RETRY if earlier_batch_failed else ProduceAction.RESET_AND_RETRY
     info = ERROR_CODES.get(code)

@@ -74,6 +74,8 @@ ALLOWED = {
     S.ABORTABLE_ERROR: frozenset({S.IN_TRANSACTION, S.COMMITTING}),
     S.FATAL_ERROR: frozenset(set(TxnState) - {S.FATAL_ERROR}),
 }
+# States in which a transaction's partitions are drained.
+_TXN_DRAINING = frozenset({S.IN_TRANSACTION, S.COMMITTING, S.ABORTING, S.ABORTABLE_ERROR})
 # States in which batches may be drained (carry the current identity).
 _SENDING = frozenset({S.READY, S.IN_TRANSACTION, S.COMMITTING, S.ABORTING, S.ABORTABLE_ERROR})
 
@@ -295,15 +297,19 @@ class TransactionManager:
         if self._reset_pending:
             return state is not None and bool(state.in_doubt)
         if self.transactional:
-            if self.state not in (S.IN_TRANSACTION, S.COMMITTING):
-                # ABORTING / ABORTABLE_ERROR: what is in flight settles; nothing new is drained.
-                return False
             key = (topic, partition)
-            if key not in self._txn_partitions:
-                if key not in self._adding:
-                    self._to_add.add(key)
-                return False
+            if key in self._txn_partitions:
+                # Aborting, or abortable: what is still queued there is retries (the abort failed the rest),
+                # settled under their sequences so that nothing the broker waits for goes missing.
+                return self.state in _TXN_DRAINING
+            if self.state in (S.IN_TRANSACTION, S.COMMITTING) and key not in self._adding:
+                self._to_add.add(key)
+            return False
         return True
+
+    def blocked(self, topic: str, partition: int) -> bool:
+        state = self._partitions.get((topic, partition))
+        return state is not None and state.blocked
 
     def on_drain(self, batch, record_count: int) -> tuple:
         """A batch leaves its queue: ``(producer_id, epoch, base_sequence, transactional)`` for its bytes.
@@ -344,6 +350,13 @@ class TransactionManager:
     def _unblock(self, state: PartitionSequences) -> None:
         if state.blocked and state.in_flight == 0:
             state.blocked = False
+
+    def release(self, batch) -> None:
+        """The request of a batch already failed (its deadline passed while in flight) ended: it no longer
+        counts as in flight. Its failure was reported with :meth:`on_failed` (``in_flight=False``)."""
+        if not self.idempotent:
+            return
+        self._unblock(self._returned(batch))
 
     def on_success(self, batch) -> None:
         """Written (or already written: a duplicate of an earlier attempt)."""

@@ -4,7 +4,10 @@ while reading the sender (issue 9).
 
 In each test another partition's batch fails for good (INVALID_RECORD), which forces the idempotent producer
 to reset its identity (a sequence that will never be acknowledged). The reset must wait until every batch of
-unknown outcome has been settled with its old identity, or that batch is written twice."""
+unknown outcome has been settled with its old identity, or that batch is written twice.
+
+Both tests failed against the sender as it was (each batch written twice; see the commit that added them
+as strict xfails), and pass now that the sender reports outcomes to the TransactionManager."""
 from __future__ import annotations
 
 import asyncio
@@ -17,15 +20,12 @@ from proxy_fixtures import kafka_proxy  # noqa: F401
 
 NO_HANG = 20.0
 INVALID_RECORD = 87
-# Replayed against the sender before the fix: both fail there (the batch is written twice).
-DEFECT = pytest.mark.xfail(strict=True, reason="issue 9 defect replay; fixed when the sender reports to the TransactionManager")
 
 
 async def _values(broker, topic, partition):
     return [r.value for b in await read_batches(broker.host, broker.port, topic, partition) for r in b.records]
 
 
-@DEFECT
 @pytest.mark.parametrize("code", [7, 20], ids=["REQUEST_TIMED_OUT", "NOT_ENOUGH_REPLICAS_AFTER_APPEND"])
 async def test_unsure_answer_keeps_the_batch_in_doubt(broker, kafka_proxy, topic_name, code):
     """The broker writes p0's batch but answers REQUEST_TIMED_OUT / NOT_ENOUGH_REPLICAS_AFTER_APPEND: an
@@ -47,7 +47,6 @@ async def test_unsure_answer_keeps_the_batch_in_doubt(broker, kafka_proxy, topic
     assert await _values(broker, topic_name, 0) == [b"warm0", b"ONCE"]
 
 
-@DEFECT
 async def test_in_doubt_batch_behind_a_known_retry_blocks_the_reset(broker, kafka_proxy, topic_name):
     """A and B of p0 are both written, both answers lost (in doubt). Their retries go out together: A's is
     refused (NOT_ENOUGH_REPLICAS, a definite "not written" for that attempt), B's answer is lost again.

@@ -388,7 +388,7 @@ def test_new_partitions_are_collected_for_one_add_partitions_request():
     assert manager.partitions_to_add() == [("a", 2), ("b", 0)]  # retriable: asked for again
 
 
-def test_nothing_new_is_drained_while_aborting_or_after_an_abortable_error():
+def test_while_aborting_only_partitions_of_the_transaction_drain_and_none_is_added():
     manager = transactional()
     manager.begin_transaction()
     manager.partitions_added([("t", 0)])
@@ -398,9 +398,22 @@ def test_nothing_new_is_drained_while_aborting_or_after_an_abortable_error():
     assert manager.state is S.ABORTABLE_ERROR
     assert isinstance(manager.error, errors.TransactionFailedError)
     assert isinstance(manager.error.__cause__, errors.MessageTooLargeError)
-    assert not manager.sendable("t", 0)
+    # Retries of the transaction's partitions still settle; no partition is added any more.
+    assert manager.sendable("t", 0) and not manager.sendable("t", 1)
     manager.prepare_abort()
-    assert not manager.sendable("t", 0)
+    assert manager.sendable("t", 0) and not manager.sendable("t", 1)
+    assert manager.partitions_to_add() == []
+    manager.end_succeeded()
+    assert not manager.sendable("t", 0)  # READY: no transaction, nothing drains
+
+
+def test_expired_in_flight_batch_is_released_by_its_answer():
+    manager = idempotent()
+    batch = drain(manager, make_batch())
+    manager.on_failed(batch, errors.KafkaTimeoutError("deadline"), in_flight=False)
+    assert manager.reset_pending and not manager.reset_allowed() and manager.in_flight == 1
+    manager.release(batch)
+    assert manager.in_flight == 0 and manager.reset_allowed()
 
 
 def test_send_offsets_marks_the_group_once():
