@@ -261,18 +261,22 @@ class RecordAccumulator:
         linger = self.linger
         force = self.flushing > 0 or self.closed
         for queue in self.queues.values():
-            if not queue.batches or not sendable(queue):
+            if not queue.batches:
                 continue
             batch = queue.batches[0]
+            # ``sendable`` is asked only about queues that would go now: a transactional producer's
+            # manager collects, from these calls, the partitions to add to the transaction in one request.
             if batch.retry_at > now:
                 wait = batch.retry_at - now
             elif force or batch.closed or len(queue.batches) > 1:
-                ready.append(queue)
+                if sendable(queue):
+                    ready.append(queue)
                 continue
             else:
                 wait = batch.created + linger - now
                 if wait <= 0:
-                    ready.append(queue)
+                    if sendable(queue):
+                        ready.append(queue)
                     continue
             if next_check is None or wait < next_check:
                 next_check = wait

@@ -244,6 +244,14 @@ class TransactionManager:
         if bumping and not self.transactional:
             self._bump_refused = True
             return
+        if bumping:
+            # Without a bump the sequences of the aborted transaction stay unknown, and asking for the id
+            # anew (-1/-1) could fence a newer instance: stopping is the only safe way on.
+            fatal = errors.FatalError(
+                f"the broker refused to bump the epoch of transactional producer {self.transactional_id!r} "
+                f"after an abort ({error}): stop this producer and start a new one")
+            fatal.__cause__ = error
+            error = fatal
         self.fatal_error(error)
 
     # -- resets (idempotent producer) ---------------------------------------------------------------------

@@ -173,7 +173,7 @@ class TransactionDriver:
                                         + (f" (epoch bump of producer id {producer_id} epoch {epoch})" if bumping else ""))
                 manager.init_failed(error, bumping)
                 if manager.fatal:
-                    raise error
+                    raise manager.error
                 if bumping and not manager.transactional and not error.retriable:
                     log.info("epoch bump refused (%s); asking for a new producer id", error)
                     raise _Retry(error, 0.0, False)

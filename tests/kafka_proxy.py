@@ -34,7 +34,8 @@ Faults (each applies to the next ``count`` matching requests; ``count=None`` mea
 * :meth:`cut_connections`: close every connection now.
 
 Counters (:attr:`requests`, :attr:`produce_partitions`) record what arrived on which virtual broker so
-tests can assert routing; :meth:`wait_for` polls them.
+tests can assert routing; :meth:`wait_for` polls them. :meth:`record_requests` keeps the decoded requests
+of the APIs it names (``recorded["InitProducerId"]``), for tests that check what a request said.
 
 The proxy runs on its own event loop in a background thread (see ``proxy_thread``), so sync and async tests
 can use it and a test blocking its own loop does not stall it. Public methods are thread-safe.
@@ -171,6 +172,8 @@ class KafkaProxy(ThreadedProxy):
         self.events: Counter[str] = Counter()
         # API name -> error codes injected into its answers by inject_error (before or after the write)
         self.injected: Counter[str] = Counter()
+        # API name -> decoded requests, for the APIs named in record_requests()
+        self.recorded: dict[str, list] = {}
         self.connections_accepted = 0
 
     # ---------------------------------------------------------------- addresses
@@ -262,6 +265,12 @@ class KafkaProxy(ThreadedProxy):
         kind = "error_after_write" if after_write else "api_error"
         self._add_fault(_Fault(kind, key, node_id, topic, partition, remaining=count,
                                error_code=error_code, error_message=message))
+
+    def record_requests(self, *apis: int | str) -> None:
+        """Keep every request of these APIs, decoded, in ``recorded[api name]`` (in arrival order)."""
+        with self._lock:
+            for api in apis:
+                self.recorded.setdefault(API_NAMES[_api_key(api)], [])
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -373,6 +382,9 @@ class KafkaProxy(ThreadedProxy):
             api_name = API_NAMES.get(info.api_key, str(info.api_key))
             with self._lock:
                 self.requests[(node_id, api_name)] += 1
+                recorded = self.recorded.get(api_name)
+            if recorded is not None:
+                recorded.append(MESSAGES[info.api_key][0].decode(info.body(payload), info.api_version))
 
             expects_response = True
             local_errors: list[tuple[str, int, int, str | None]] = []
