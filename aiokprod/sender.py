@@ -88,7 +88,8 @@ class Sender:
         self._expired_in_flight: set = set()
         self._closing = False
         self._random = random.Random()
-        self._manager_sendable = lambda queue: manager.sendable(queue.topic, queue.partition)
+        self._manager_sendable = lambda queue: manager.sendable(queue.topic, queue.partition,
+                                                                queue.batches[0].base_sequence >= 0)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -294,16 +294,18 @@ class TransactionManager:
             state = self._partitions[key] = PartitionSequences(topic, partition)
         return state
 
-    def sendable(self, topic: str, partition: int) -> bool:
-        """May the sender drain this partition's head now? Not while it is blocked; while a reset waits,
-        only partitions holding a batch in doubt (their head goes with its old identity, to settle it); in a
-        transaction, only partitions the coordinator has added (the others are collected for one
-        AddPartitionsToTxn, see :meth:`partitions_to_add`)."""
+    def sendable(self, topic: str, partition: int, head_numbered: bool = True) -> bool:
+        """May the sender drain this partition's head now (``head_numbered``: the head already has a
+        sequence, it is a retry)? Not while the partition is blocked; while a reset waits, only a retry of
+        a partition holding a batch in doubt (it goes with its old identity, to settle it; a new batch would
+        need a number under an identity that is about to go, and its in-doubt batch may be in flight, not at
+        the head); in a transaction, only partitions the coordinator has added (the others are collected for
+        one AddPartitionsToTxn, see :meth:`partitions_to_add`)."""
         state = self._partitions.get((topic, partition))
         if state is not None and state.blocked:
             return False
         if self._reset_pending:
-            return state is not None and bool(state.in_doubt)
+            return head_numbered and state is not None and bool(state.in_doubt)
         if self.transactional:
             key = (topic, partition)
             if key in self._txn_partitions:

@@ -343,6 +343,20 @@ def test_in_doubt_behind_a_known_retry_still_blocks_the_reset():
     assert not doubtful.outcome_unknown and manager.reset_allowed()
 
 
+def test_while_a_reset_waits_a_new_batch_never_goes_even_beside_an_in_doubt_one_in_flight():
+    """The in-doubt batch was re-sent and is in flight (not blocked: nothing else of the partition was out),
+    so the partition's head is a new batch: it must wait for the new identity, not take an old number."""
+    manager = idempotent()
+    doubtful = drain(manager, make_batch("t", 0))
+    manager.on_unknown(doubtful)
+    manager.request_reset(errors.UnknownProducerIdError())
+    drain(manager, doubtful)  # the retry, in flight again
+    assert manager.sendable("t", 0, head_numbered=True)
+    assert not manager.sendable("t", 0, head_numbered=False)
+    manager.on_success(doubtful)
+    assert manager.reset_allowed()
+
+
 def test_a_batch_stays_in_doubt_until_acknowledged():
     manager = idempotent()
     batch = drain(manager, make_batch())
