@@ -163,6 +163,20 @@ class Cluster:
             log.info("connection to node %s closed: %s", connection.node_id, exc)
             self.request_refresh()
 
+    @property
+    def connected(self) -> bool:
+        """Whether any connection to a broker is open right now (the bootstrap one counts).
+
+        Connections close as soon as their broker goes away (``connection_lost``), so this turns False
+        within one loop turn of the last one closing; it turns True again when the next metadata refresh or
+        produce reconnects.
+        """
+        if self._closed:
+            return False
+        if any(not connection.closed for connection in self._connections.values()):
+            return True
+        return self._bootstrap_connection is not None and not self._bootstrap_connection.closed
+
     async def any_connection(self) -> BrokerConnection:
         """Some open connection: the least busy existing one, the bootstrap one, or a new one to any known
         broker. Least busy, because answers come in order: a Metadata request behind slow Produce requests

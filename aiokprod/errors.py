@@ -20,7 +20,9 @@ The hierarchy::
     ├── KafkaConnectionError            the connection failed or closed (a RetriableError)
     ├── KafkaTimeoutError               a client-side deadline passed (delivery, metadata wait, request);
     │   │                               a RetriableError like Java's TimeoutException
-    │   └── DeliveryTimeoutError        a record was not delivered within delivery_timeout_ms
+    │   ├── DeliveryTimeoutError        a record was not delivered within delivery_timeout_ms
+    │   └── BufferExhaustedError        send() found no room in buffer_memory within max_block_ms
+    │                                   (back-pressure; Java's BufferExhaustedException)
     ├── RecordTooLargeError             client-side: a record is larger than max_request_size /
     │                                   buffer_memory (the broker's is MessageTooLargeError, code 10)
     ├── ProducerClosedError             send() after close(), or pending records failed by close
@@ -119,6 +121,15 @@ class DeliveryTimeoutError(KafkaTimeoutError):
     partition: int | None = None
     attempts = 0
     may_have_been_written = False
+
+
+class BufferExhaustedError(KafkaTimeoutError):
+    """``send()`` waited ``max_block_ms`` for room in ``buffer_memory`` and found none: back-pressure.
+
+    A subclass of :class:`KafkaTimeoutError` (what it was before it had a name of its own), so code catching
+    that still catches it; a caller that wants to tell "slow down and retry" from "the broker is gone" (a web
+    handler answering 503 with Retry-After) catches this one first.
+    """
 
 
 class RecordTooLargeError(KafkaError):

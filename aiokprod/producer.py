@@ -301,7 +301,7 @@ class Producer:
             await asyncio.wait_for(future, self._max_block)
         except asyncio.TimeoutError:
             accumulator.abandon_waiter(waiter)
-            raise errors.KafkaTimeoutError(
+            raise errors.BufferExhaustedError(
                 f"no room for a {record_size}-byte record for {topic}-{partition}: its new batch needs {size} "
                 f"bytes of buffer_memory ({self.config.buffer_memory} bytes), and none freed within "
                 f"max_block_ms ({self.config.max_block_ms} ms)") from None
@@ -458,6 +458,17 @@ class Producer:
             raise errors.ProducerClosedError(f"partitions_for() on a producer that is {self._state.value}")
         info = self._cluster.topics.get(topic) or await self._cluster.wait_for_topic(topic, self._max_block)
         return list(info.partitions)
+
+    @property
+    def connected(self) -> bool:
+        """True while the producer is running and holds an open connection to at least one broker.
+
+        For health checks: False before ``start()``, after ``stop()``, after a fatal sender error, and from the
+        moment the last broker connection closes. Connections are opened on demand, so it turns True again
+        when the producer next needs the cluster: a send, a retry, or the periodic metadata refresh (every
+        ``metadata_max_age_ms``; a service that wants its health to recover without traffic lowers it).
+        """
+        return self._state is State.RUNNING and self._cluster is not None and self._cluster.connected
 
     def metrics(self) -> dict:
         return self._metrics.as_dict()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import uuid
 
@@ -58,3 +59,32 @@ def run(main, example_file: str, description: str, add_arguments=None) -> int:
         else:
             asyncio.run(coroutine)
     return 0
+
+
+# The web examples' producer settings. A web request should not hang: wait at most 2 s for buffer room or a
+# topic's metadata (then 503), and give a record 30 s to be delivered (then 503), instead of the producer's
+# defaults of 60 s and 120 s. Metadata every 10 s (not 5 min): connections open on demand, so after a broker
+# outage this is what reconnects an idle service and turns /health back to 200 without traffic (a load
+# balancer sends none while it answers 503).
+WEB_PRODUCER_SETTINGS = dict(linger_ms=5, max_block_ms=2000, request_timeout_ms=10000, delivery_timeout_ms=30000,
+                             metadata_max_age_ms=10000)
+
+
+@contextlib.asynccontextmanager
+async def kafka_bootstrap(bootstrap=None):
+    """For the web examples: ``bootstrap`` if given, else ``$KAFKA_BOOTSTRAP_SERVERS``, else an embedded broker
+    started (in a thread: it is a subprocess that takes a moment) for the duration and stopped after."""
+    bootstrap = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap:
+        yield bootstrap
+        return
+    from aiokprod.testing import EmbeddedBroker
+
+    broker = EmbeddedBroker()
+    await asyncio.to_thread(broker.start)
+    try:
+        logging.getLogger("examples").info("KAFKA_BOOTSTRAP_SERVERS is not set: started an embedded broker on %s",
+                                           broker.bootstrap)
+        yield broker.bootstrap
+    finally:
+        await asyncio.to_thread(broker.stop)
