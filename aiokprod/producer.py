@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import warnings
 from time import time as _time
 from typing import Optional
 
@@ -66,6 +67,7 @@ class Producer:
         self._fast_append = self._appender.append
         self._state = State.NEW
         self._stopped: Optional[asyncio.Future] = None
+        self._abandon_reported = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._partitioner = make_partitioner(config.partitioner, config.batch_size, self._appender)
         self._interceptors = InterceptorChain(config.interceptors)
@@ -119,7 +121,7 @@ class Producer:
         self._appender.bind(self._topics, self._accumulator.waiters, self._max_record_size, self._own_partitioner)
         self._driver = TransactionDriver(config, self._cluster, self._manager, on_change=self._wakeup_sender)
         self._sender = Sender(config, self._cluster, self._accumulator, self._metrics, self._manager, self._driver,
-                              on_fatal=self._sender_failed)
+                              on_fatal=self._sender_failed, on_abandoned=self._abandoned)
         try:
             await self._cluster.bootstrap()
             if self._transactional:
@@ -146,6 +148,42 @@ class Producer:
     def _sender_failed(self) -> None:
         if self._state is State.RUNNING:
             self._set_state(State.FAILED)
+
+    def _abandoned(self, count: int) -> None:
+        """The sender's task was cancelled without stop(): the event loop is ending (asyncio.run cancels
+        every task). Records still buffered are lost; say so, as asyncio does for a task destroyed pending."""
+        self._sender_failed()
+        self._report_lost(count)
+
+    def _report_lost(self, count: int) -> None:
+        if self._abandon_reported or count == 0:
+            return
+        self._abandon_reported = True
+        self._loop.call_exception_handler({
+            "message": f"{self!r} was not stopped before its event loop ended: {count} record(s) were never "
+                       "delivered (await producer.stop() or use 'async with' to deliver them)",
+            "producer": self,
+        })
+
+    def __repr__(self) -> str:
+        config = self.config
+        return (f"<aiokprod.Producer client_id={config.client_id!r} bootstrap={config.bootstrap_servers!r} "
+                f"{self._state.value}>")
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        # Like an unclosed socket or transport: a ResourceWarning. And if the loop went away without
+        # cancelling our sender (loop.close() after run_until_complete), nobody reported the lost records yet.
+        # Only a started producer holds anything (its loop, connections, tasks); never started, or closed,
+        # there is nothing to warn about.
+        state = getattr(self, "_state", None)
+        if state is None or state in (State.NEW, State.CLOSED) or getattr(self, "_loop", None) is None:
+            return
+        _warn(f"unclosed producer {self!r}", ResourceWarning, source=self)
+        if self._sender is not None and self._loop is not None:
+            try:
+                self._report_lost(self._sender.undelivered_records())
+            except Exception:  # noqa: BLE001 - a finaliser must not raise; this is only a report
+                pass
 
     def _wakeup_sender(self) -> None:
         if self._sender is not None:

@@ -1,7 +1,7 @@
 """The sender: the one task that moves batches from the accumulator to the brokers and settles them.
 
-Each turn it: fails batches past ``delivery_timeout_ms`` that are still queued; makes sure an idempotent
-producer has its producer id; asks the accumulator which partitions are ready; groups them by leader; and for
+Each turn it: fails batches past ``delivery_timeout_ms``, queued or in flight; starts InitProducerId (in a task
+of its own) when an idempotent producer needs a producer id; asks the accumulator which partitions are ready; groups them by leader; and for
 each leader with a free in-flight slot (and a transport not pushing back) drains one batch per partition (up
 to ``max_request_size``) into one Produce request. Draining is where a batch gets its sequence and its bytes.
 Responses come back through a done-callback on the connection's future (no task per request) and are settled
@@ -59,7 +59,8 @@ log = logging.getLogger("aiokprod.sender")
 
 
 class Sender:
-    def __init__(self, config, cluster, accumulator, metrics, manager, driver, on_fatal=lambda: None) -> None:
+    def __init__(self, config, cluster, accumulator, metrics, manager, driver, on_fatal=lambda: None,
+                 on_abandoned=lambda count: None) -> None:
         from .connection import RESPONSE_CLASSES
 
         self.config = config
@@ -75,6 +76,9 @@ class Sender:
         self.in_flight_batches: set = set()
         self.fatal_error: Optional[BaseException] = None
         self.on_fatal = on_fatal  # the producer stops taking records
+        # Called with the number of records never delivered when our task is cancelled by someone other
+        # than close(): the event loop is ending (asyncio.run cancels every task) without stop().
+        self.on_abandoned = on_abandoned
         self._produce_response = None if self.acks == 0 else RESPONSE_CLASSES[ProduceRequest.API_KEY]
         self._wakeup: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
@@ -130,6 +134,23 @@ class Sender:
                 self._fail(batch, error)
         self.in_flight_batches.clear()
         self._expired_in_flight.clear()
+
+    def undelivered_records(self) -> int:
+        """Records buffered or in flight whose handles are not settled yet."""
+        count = sum(len(batch.builder) for batch in self.accumulator.all_batches())
+        expired = self._expired_in_flight
+        return count + sum(len(batch.builder) for batch in self.in_flight_batches if batch not in expired)
+
+    def _abandon(self) -> None:
+        """Our task was cancelled, not by close(): nobody will deliver what is buffered. Fail it (whoever still
+        awaits a handle learns why) and tell the producer how much was lost, so that it can say so."""
+        count = self.undelivered_records()
+        self._closing = True
+        self.fatal_error = errors.ProducerClosedError(
+            "the producer's sender task was cancelled (its event loop ended?) before stop(); "
+            f"{count} record(s) never delivered")
+        self._fail_everything(self.fatal_error)
+        self.on_abandoned(count)
 
     def _fatal(self, error: BaseException) -> None:
         """Nothing more can be sent (a bug, or a fatal error: fenced, not authorised)."""
@@ -200,6 +221,8 @@ class Sender:
             try:
                 await self._turn()
             except asyncio.CancelledError:
+                if not self._closing:
+                    self._abandon()
                 raise
             except Exception as exc:  # a bug must not leave every handle pending: fail loudly instead
                 log.exception("aiokprod sender failed; the producer cannot send any more")
@@ -561,7 +584,7 @@ def _delivery_failed(batch, cause, now: float, in_flight: bool = False) -> error
     elif batch.attempts == 0:
         state = "expired before it could be sent"
     else:
-        state = f"expired waiting to be retried after {batch.attempts} attempt(s)"
+        state = f"expired after {batch.attempts} attempt(s)"
     detail = f"; last error: {cause}" if cause is not None else ""
     doubt = in_flight or batch.outcome_unknown
     exc = errors.DeliveryTimeoutError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import pytest
 
@@ -28,10 +29,25 @@ class Frozen:
 
     def __enter__(self) -> "Frozen":
         os.kill(self.pid, signal.SIGSTOP)
-        return self
+        # The signal is delivered asynchronously: until every thread is stopped the broker may still answer
+        # a request or two. Wait until the kernel reports each of its threads stopped ("T").
+        for _ in range(1000):
+            if all(_thread_state(self.pid, tid) == "T" for tid in os.listdir(f"/proc/{self.pid}/task")):
+                return self
+            time.sleep(0.005)
+        os.kill(self.pid, signal.SIGCONT)
+        raise AssertionError(f"broker process {self.pid} did not stop")
 
     def __exit__(self, *exc_info) -> None:
         os.kill(self.pid, signal.SIGCONT)
+
+
+def _thread_state(pid: int, tid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:  # the thread ended meanwhile
+        return "T"
 
 
 def _assert_expired(exc: BaseException, topic: str) -> None:
@@ -47,8 +63,10 @@ def _assert_expired(exc: BaseException, topic: str) -> None:
         assert "may have written it" in text, text
     if exc.__cause__ is not None:
         # An earlier attempt's failure is kept as the cause; the error itself is still the expiry.
-        assert isinstance(exc.__cause__, (errors.KafkaConnectionError, errors.KafkaTimeoutError)), repr(exc.__cause__)
+        assert isinstance(exc.__cause__, (errors.KafkaConnectionError, errors.KafkaTimeoutError,
+                                          errors.BrokerResponseError)), repr(exc.__cause__)
         assert not isinstance(exc.__cause__, errors.DeliveryTimeoutError)
+        assert f"last error: {exc.__cause__}" in text, text
 
 
 @pytest.mark.parametrize("request_timeout_ms", [1500, 2900])
@@ -120,3 +138,43 @@ async def test_batch_expiring_in_flight_fails_at_its_deadline(broker, topic_name
     assert [r.value for b in batches for r in b.records] == [b"late", b"next"]
     if idempotent:
         assert batches[1].producer_id != batches[0].producer_id
+
+
+async def test_records_expire_while_init_producer_id_is_pending(broker, topic_name):
+    """Issue 8's first defect, with the competing timers far apart: the sender used to await InitProducerId
+    inline, and nothing expired meanwhile; when the answer came it sent, in the same turn, batches whose
+    deadline had passed, and they were delivered late instead of failing. Here the broker forgets the
+    producer id (UNKNOWN_PRODUCER_ID, answered after 2.5 s) and then takes 3.5 s to give a new one: the
+    records' deadlines (5 s after they were made) pass at ~5 s, the new id comes at ~6 s, and the
+    InitProducerId request would time out at ~6.5 s."""
+    from kafka_proxy import KafkaProxy
+
+    with KafkaProxy(broker.host, broker.port, num_brokers=1) as proxy:
+        async with Producer(proxy.bootstrap, linger_ms=0, request_timeout_ms=4000, delivery_timeout_ms=5000,
+                            retry_backoff_ms=50, max_in_flight_requests_per_connection=1) as producer:
+            await producer.send_and_wait(topic_name, b"warm", partition=0)
+            produced, inits = proxy.count("Produce"), proxy.count("InitProducerId")
+            proxy.fail_produce(topic_name, 0, 59, count=1)  # UNKNOWN_PRODUCER_ID
+            proxy.delay_responses(2.5, api="Produce", count=1)
+            proxy.delay_responses(3.5, api="InitProducerId", count=1)
+            forgotten = await producer.send(topic_name, b"forgotten", partition=0)
+            assert await proxy.wait_for_async(lambda: proxy.count("Produce") > produced, NO_HANG)
+            queued = await producer.send(topic_name, b"queued", partition=1)  # waits for the window
+            # Before the fix, this one was sent in the turn that got the new id, and delivered past its deadline.
+            with pytest.raises(errors.DeliveryTimeoutError) as caught:
+                await asyncio.wait_for(queued, NO_HANG)
+            _assert_expired(caught.value, topic_name)
+            assert caught.value.attempts == 0
+            with pytest.raises(errors.DeliveryTimeoutError) as caught:
+                await asyncio.wait_for(forgotten, NO_HANG)
+            exc = caught.value
+            _assert_expired(exc, topic_name)
+            assert exc.attempts == 1 and not exc.may_have_been_written  # a definite "not written"
+            assert "expired after 1 attempt(s)" in str(exc)
+            assert isinstance(exc.__cause__, errors.UnknownProducerIdError)
+            # Both expired while the one InitProducerId asked for was unanswered (it is answered, at ~6 s).
+            assert proxy.count("InitProducerId") == inits + 1
+            await asyncio.wait_for(producer.send_and_wait(topic_name, b"next", partition=1), NO_HANG)
+    # Never sent, never written; and the record after it went under the new producer id.
+    [batch] = await read_batches(broker.host, broker.port, topic_name, 1)
+    assert [r.value for r in batch.records] == [b"next"] and batch.base_sequence == 0

@@ -123,4 +123,4 @@ async def test_tracker_logs_and_counts_failed_deliveries(fresh_broker, topic_nam
         await asyncio.sleep(0)  # the tracker's done-callback runs on the loop, after the awaiter's wakeup
     assert deliveries.as_dict() == {"accepted": 1, "delivered": 0, "failed": 1, "pending": 0}
     [message] = [r.getMessage() for r in caplog.records if r.name == "aiokprod.web"]
-    assert message.startswith("fire-and-forget record not delivered: KafkaTimeoutError: 1 record(s) for ")
+    assert message.startswith("fire-and-forget record not delivered: DeliveryTimeoutError: 1 record(s) for ")

@@ -78,7 +78,8 @@ async def test_shutdown_flushes_what_was_accepted(framework, broker, topic_name)
     """Records answered 202 but still lingering in the buffer when the app shuts down are delivered by the
     shutdown (flush, then stop), not dropped: linger_ms is far longer than the test."""
     sent = [event(i) for i in range(10)]
-    async with running_app(framework, broker.bootstrap, linger_ms=60_000, batch_size=1 << 20) as app:
+    async with running_app(framework, broker.bootstrap, linger_ms=60_000, delivery_timeout_ms=120_000,
+                           batch_size=1 << 20) as app:
         answers = await asyncio.gather(*(post_event(app, topic_name, f, "/async") for f in sent))
         assert all(a.status == 202 for a in answers), answers
         assert app.producer.metrics()["records_sent"] == 0  # all still buffered
@@ -154,7 +155,7 @@ async def test_broker_gone_is_503(framework, fresh_broker, topic_name):
         answer = await asyncio.wait_for(post_event(app, topic_name, event(1)), NO_HANG)
         assert answer.status == 503, answer
         assert "Retry-After" not in answer.headers
-        assert answer.body["detail"].startswith("KafkaTimeoutError: 1 record(s) for ")
+        assert answer.body["detail"].startswith("DeliveryTimeoutError: 1 record(s) for ")
         assert "not delivered within delivery_timeout_ms" in answer.body["detail"]
 
         answer = await asyncio.wait_for(post_event(app, topic_name + "-new", event(2)), NO_HANG)
