@@ -95,6 +95,7 @@ class Producer:
         self._manager = TransactionManager(idempotent=config.idempotent, transactional_id=config.transactional_id,
                                            transaction_timeout_ms=config.transaction_timeout_ms)
         self._driver: Optional[TransactionDriver] = None
+        self._manager.on_change = self._update_fast_path  # e.g. ABORTABLE_ERROR set by the sender
         self._txn_started = 0.0  # when the open transaction began (monotonic), for transaction_timeout_ms
         self._metrics = ProducerMetrics(config.buffer_memory, lambda: self._accumulator.used if self._accumulator else 0)
 
@@ -375,9 +376,8 @@ class Producer:
         """Open a transaction: every record sent until commit_transaction() or abort_transaction() is part
         of it. Needs ``transactional_id``; one transaction at a time."""
         self._check_running("begin_transaction")
-        self._manager.begin_transaction()
+        self._manager.begin_transaction()  # turns the fast path on (the manager's on_change)
         self._txn_started = self._loop.time()
-        self._update_fast_path()
 
     async def commit_transaction(self, timeout: Optional[float] = None) -> None:
         """Deliver every record of the transaction, then commit it (EndTxn). Raises an ``AbortableError``
@@ -394,10 +394,7 @@ class Producer:
                 manager.abortable_error(errors.TransactionTimedOutError(
                     f"transaction {manager.transactional_id!r} was open {age * 1000:.0f} ms, longer than "
                     f"transaction_timeout_ms ({self.config.transaction_timeout_ms}): it cannot commit; abort it"))
-        try:
-            manager.prepare_commit()
-        finally:
-            self._update_fast_path()
+        manager.prepare_commit()
         deadline = self._loop.time() + (self._max_block if timeout is None else timeout)
         try:
             await self._sender.flush(max(deadline - self._loop.time(), 0.0))
@@ -409,9 +406,8 @@ class Producer:
         if manager.state is not TxnState.COMMITTING:
             manager.prepare_commit()  # raises the error that ended the commit (abortable or fatal)
         if manager.needs_end_txn():
-            await self._driver.end_transaction(True, max(deadline - self._loop.time(), 0.001))
+            await self._fatal_guard(self._driver.end_transaction(True, max(deadline - self._loop.time(), 0.001)))
         manager.end_succeeded()
-        self._update_fast_path()
 
     async def abort_transaction(self, timeout: Optional[float] = None) -> None:
         """Abort the transaction: records not yet sent fail with ``TransactionAbortedError``, those in flight
@@ -419,7 +415,6 @@ class Producer:
         self._check_running_or_closing("abort_transaction")
         manager = self._manager
         manager.prepare_abort()
-        self._update_fast_path()
         deadline = self._loop.time() + (self._max_block if timeout is None else timeout)
         cause = manager.error
         error = errors.TransactionAbortedError(
@@ -435,13 +430,21 @@ class Producer:
                 "call abort_transaction() again to go on waiting") from None
         await self._sender.transaction_requests_done()
         if manager.needs_end_txn():
-            await self._driver.end_transaction(False, max(deadline - self._loop.time(), 0.001))
+            await self._fatal_guard(self._driver.end_transaction(False, max(deadline - self._loop.time(), 0.001)))
         manager.end_succeeded()
         if manager.state is TxnState.INITIALIZING:
             # Sequences of the aborted transaction are unknown: bump the epoch (our own id and epoch).
-            await self._driver.init_producer_id(max(deadline - self._loop.time(), 0.001))
+            await self._fatal_guard(self._driver.init_producer_id(max(deadline - self._loop.time(), 0.001)))
             self._accumulator.forget_sequences()
-        self._update_fast_path()
+
+    async def _fatal_guard(self, request) -> None:
+        """Await a coordinator request; if it left the producer fatal (fenced...), nothing more is sent."""
+        try:
+            await request
+        except BaseException:
+            if self._manager.fatal and self._sender.fatal_error is None:
+                self._sender.fail(self._manager.error)
+            raise
 
     def _check_running_or_closing(self, operation: str) -> None:
         if self._state is State.CLOSING:
@@ -469,8 +472,9 @@ class Producer:
             checked[key] = offset
         if not checked:
             raise ValueError("send_offsets_to_transaction() needs at least one offset")
-        await self._driver.send_offsets(checked, group_id, self._max_block if timeout is None else timeout,
-                                        generation_id, member_id, group_instance_id)
+        await self._fatal_guard(self._driver.send_offsets(
+            checked, group_id, self._max_block if timeout is None else timeout, generation_id, member_id,
+            group_instance_id))
 
     @contextlib.asynccontextmanager
     async def transaction(self):

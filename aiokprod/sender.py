@@ -152,6 +152,10 @@ class Sender:
         self._fail_everything(self.fatal_error)
         self.on_abandoned(count)
 
+    def fail(self, error: BaseException) -> None:
+        """The producer can go no further (a coordinator answered fenced, say): fail everything, send nothing."""
+        self._fatal(error)
+
     def _fatal(self, error: BaseException) -> None:
         """Nothing more can be sent (a bug, or a fatal error: fenced, not authorised)."""
         if self.fatal_error is not None:

@@ -119,6 +119,8 @@ class TransactionManager:
         self._adding: set = set()
         self._to_add: set = set()
         self._offsets_added: set = set()  # consumer groups added to the open transaction (AddOffsetsToTxn)
+        # Told (no arguments) after every state change: the producer turns its send() fast path on or off.
+        self.on_change = lambda: None
 
     def __repr__(self) -> str:
         return (f"<TransactionManager {self.state.value} id={self.producer_id} epoch={self.epoch}"
@@ -130,6 +132,7 @@ class TransactionManager:
             raise errors.IllegalStateError(
                 f"transaction state {self.state.value} cannot move to {target.value}")
         self.state = target
+        self.on_change()
 
     def _refuse(self, operation: str, detail: str = ""):
         """Raise for ``operation`` attempted in the current state: the fatal error itself once fatal (a
@@ -420,6 +423,8 @@ class TransactionManager:
         transaction any failed record makes the transaction abortable."""
         if not self.idempotent:
             return
+        # Refused by the broker in answer to this very attempt, and no earlier attempt in doubt: not written.
+        refused = in_flight and not batch.outcome_unknown
         state = self._returned(batch) if in_flight else self._partitions.get((batch.topic, batch.partition))
         if state is not None:
             self._settled_doubt(state, batch)
@@ -428,7 +433,7 @@ class TransactionManager:
             if batch.base_sequence >= 0:
                 self.request_reset(error)
             return
-        if batch.base_sequence >= 0:
+        if batch.base_sequence >= 0 and not (refused and self._take_back(state, batch)):
             self._bump_after_abort = True
         if self.state in (S.IN_TRANSACTION, S.COMMITTING):
             failed = errors.TransactionFailedError(
@@ -436,6 +441,18 @@ class TransactionManager:
                 f"{self.transactional_id!r}, which must be aborted: {error}", (error,))
             failed.__cause__ = error
             self.abortable_error(failed)
+
+    @staticmethod
+    def _take_back(state: Optional[PartitionSequences], batch) -> bool:
+        """Give a refused batch's sequence back if nothing after it was numbered and nothing of the partition
+        is out: the broker still expects it, so the next batch takes it and no gap is left (no epoch bump,
+        which some brokers refuse, is needed after the abort)."""
+        if state is None or state.in_flight or state.in_doubt:
+            return False
+        if state.next_sequence != (batch.base_sequence + batch.record_count) & SEQUENCE_MASK:
+            return False
+        state.next_sequence = batch.base_sequence
+        return True
 
     # -- transactions: the user's side --------------------------------------------------------------------
     def _require_transactional(self, operation: str) -> None:

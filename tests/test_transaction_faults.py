@@ -179,3 +179,29 @@ async def test_transactional_producer_never_resets_its_id_on_a_produce_error(bro
     assert requests[0] == (-1, -1) and len(requests) == 2 and requests[1][0] >= 0
     values, markers = await _committed(broker, topic_name, 0)
     assert values == [] and COMMIT not in [k for _, k in markers]
+
+
+async def test_after_a_record_fails_send_says_the_transaction_must_be_aborted(broker, kafka_proxy, topic_name):
+    """A record of the transaction is refused (INVALID_RECORD): the transaction is abortable. send() says so
+    (its fast path is switched off with the state change), commit says so, the abort clears it."""
+    proxy = kafka_proxy
+    async with Producer(proxy.bootstrap, transactional_id=topic_name, **SETTINGS) as producer:
+        producer.begin_transaction()
+        assert producer._appender.enabled
+        proxy.fail_produce(topic_name, 0, 87)
+        with pytest.raises(errors.InvalidRecordError):
+            await asyncio.wait_for(await producer.send(topic_name, b"bad", partition=0), NO_HANG)
+        assert not producer._appender.enabled
+        with pytest.raises(errors.TransactionFailedError, match="must be aborted") as caught:
+            await producer.send(topic_name, b"more", partition=1)
+        assert isinstance(caught.value.errors[0], errors.InvalidRecordError)
+        with pytest.raises(errors.TransactionFailedError):
+            await producer.commit_transaction()
+        await producer.abort_transaction()
+        # The refused batch's sequence was given back (nothing after it was numbered): no epoch bump was
+        # needed after the abort, and the next transaction writes to the same partition under the same epoch.
+        epoch = producer._manager.epoch
+        async with producer.transaction():
+            await producer.send(topic_name, b"next", partition=0)
+        assert producer._manager.epoch == epoch
+    assert (await _committed(broker, topic_name, 0))[0] == [b"next"]

@@ -458,3 +458,43 @@ def test_error_kinds_are_visible_as_bases():
         kinds = [k for k in (errors.RetriableError, errors.AbortableError, errors.FatalError) if issubclass(cls, k)]
         assert len(kinds) <= 1, (cls, kinds)
         assert issubclass(cls, errors.RetriableError) == cls.retriable
+
+
+def test_a_refused_last_batch_gives_its_sequence_back_in_a_transaction():
+    manager = transactional()
+    manager.begin_transaction()
+    manager.partitions_added([("t", 0)])
+    first = drain(manager, make_batch(records=2))
+    manager.on_success(first)
+    refused = drain(manager, make_batch(records=3))
+    manager.on_failed(refused, errors.InvalidRecordError(), in_flight=True)
+    assert manager.sequences("t", 0).next_sequence == 2  # the broker still expects 2
+    manager.prepare_abort()
+    manager.end_succeeded()
+    assert manager.state is S.READY  # no epoch bump needed
+
+
+def test_no_sequence_is_given_back_when_a_later_batch_was_numbered_or_the_batch_was_in_doubt():
+    manager = transactional()
+    manager.begin_transaction()
+    manager.partitions_added([("t", 0)])
+    refused = drain(manager, make_batch())
+    later = drain(manager, make_batch())
+    manager.on_failed(refused, errors.InvalidRecordError(), in_flight=True)
+    assert manager.sequences("t", 0).next_sequence == 2
+    manager.on_failed(later, errors.OutOfOrderSequenceNumberError(), in_flight=True)
+    manager.prepare_abort()
+    manager.end_succeeded()
+    assert manager.state is S.INITIALIZING  # a bump is needed
+
+    manager = transactional()
+    manager.begin_transaction()
+    manager.partitions_added([("t", 0)])
+    doubtful = drain(manager, make_batch())
+    manager.on_unknown(doubtful)
+    drain(manager, doubtful)
+    manager.on_failed(doubtful, errors.InvalidRecordError(), in_flight=True)  # its first attempt may be written
+    assert manager.sequences("t", 0).next_sequence == 1
+    manager.prepare_abort()
+    manager.end_succeeded()
+    assert manager.state is S.INITIALIZING
