@@ -202,13 +202,17 @@ class RecordAccumulator:
         queue = self.queues.get((topic, partition))
         if queue is None or self.waiters:
             return None
-        batches = queue.batches
+        return self._append_to_open(queue.batches, timestamp_ms, key, value, headers)
+
+    def _append_to_open(self, batches, timestamp_ms: int, key, value, headers):
+        """The append rule of the general path, in one place: the record goes into the partition's open
+        batch (its tail, not closed) if it fits there; a full open batch is closed (ready now, whatever
+        linger_ms says) and None returned, for the caller to start a new one."""
         if batches:
             batch = batches[-1]
             if not batch.closed:
                 if batch.builder.append(timestamp_ms, key, value, headers):
                     return batch.completion.add(timestamp_ms)
-                # Full: it is ready now, whatever linger_ms says.
                 batch.closed = True
                 self._batch_closed(batch)
                 self.on_wakeup()
@@ -229,14 +233,10 @@ class RecordAccumulator:
         if queue is None:
             queue = self.queues[(topic, partition)] = PartitionQueue(topic, partition)
         batches = queue.batches
-        if batches:
-            batch = batches[-1]
-            if not batch.closed:
-                if batch.builder.append(timestamp_ms, key, value, headers):
-                    self.release(reserved)
-                    return batch.completion.add(timestamp_ms)
-                batch.closed = True
-                self._batch_closed(batch)
+        handle = self._append_to_open(batches, timestamp_ms, key, value, headers)
+        if handle is not None:
+            self.release(reserved)
+            return handle
         batch = self._new_batch(topic, partition)
         if not batch.builder.append(timestamp_ms, key, value, headers):  # a first record always fits
             raise AssertionError("RecordBatchBuilder refused the first record of a batch")
