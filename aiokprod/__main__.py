@@ -23,6 +23,10 @@ def _info() -> int:
     # Import each selector module (aiokprod.codec, aiokprod.handle, ...): that is what picks the twin.
     chosen = {name: importlib.import_module(f"aiokprod.{name}").IMPLEMENTATION for name in MODULES}
     print("aiokprod " + ", ".join(f"{name}: {implementation}" for name, implementation in chosen.items()))
+    # Not a twin pair: one Python decoder serves both implementations (never on the producer's path).
+    from .codec import DECODER_IMPLEMENTATION
+
+    print(f"  record decoder: {DECODER_IMPLEMENTATION} (one decoder for both implementations)")
     for name, error in _impl.LOAD_ERRORS.items():
         print(f"  native {name} did not load: {error}")
     return 0

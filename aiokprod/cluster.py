@@ -36,8 +36,12 @@ class TopicInfo:
 
 
 class Cluster:
-    def __init__(self, config: ProducerConfig, *, on_change: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self, config: ProducerConfig, *, on_change: Optional[Callable[[], None]] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        # Every deadline and back-off here reads this clock (the accumulator takes one too): tests give a
+        # fake one to check back-off spacing by what happened, not by how long it took.
+        self.clock = clock
         self.brokers: dict[int, tuple[str, int]] = {}
         self.topics: dict[str, TopicInfo] = {}
         self.wanted_topics: set[str] = set()
@@ -81,11 +85,11 @@ class Cluster:
     async def bootstrap(self) -> None:
         """Connect to the first bootstrap address that answers and learn the cluster from it."""
         failures: list[str] = []
-        deadline = time.monotonic() + self.config.request_timeout_ms / 1000.0
+        deadline = self.clock() + self.config.request_timeout_ms / 1000.0
         addresses = list(self.config.bootstrap_list)
         random.shuffle(addresses)
         for host, port in addresses:
-            if time.monotonic() >= deadline and failures:
+            if self.clock() >= deadline and failures:
                 break
             try:
                 connection = await self._open(host, port, -1)
@@ -105,7 +109,7 @@ class Cluster:
         if connection is not None and not connection.closed:
             return connection
         if node_id not in self._connecting and not self._closed:
-            if self._backoff_until.get(node_id, 0.0) > time.monotonic():
+            if self._backoff_until.get(node_id, 0.0) > self.clock():
                 return None
             task = asyncio.get_running_loop().create_task(self._connect(node_id))
             self._connecting[node_id] = task
@@ -150,7 +154,7 @@ class Cluster:
             # connection_nowait task nobody awaits does not end as "exception was never retrieved".
             log.warning("cannot connect to broker node %s: %s", node_id, exc)
             self._last_connect_error[node_id] = exc
-            self._backoff_until[node_id] = time.monotonic() + self.config.retry_backoff_ms / 1000.0
+            self._backoff_until[node_id] = self.clock() + self.config.retry_backoff_ms / 1000.0
         finally:
             self._connecting.pop(node_id, None)
             if self.on_change is not None:
@@ -216,7 +220,7 @@ class Cluster:
         """
         if self._closed or self._refreshing():
             return
-        delay = self._refresh_backoff_until - time.monotonic()
+        delay = self._refresh_backoff_until - self.clock()
         if delay > 0:
             if self._refresh_later is None:
                 self._refresh_later = asyncio.get_running_loop().call_later(delay, self._refresh_after_backoff)
@@ -247,7 +251,7 @@ class Cluster:
         if exc is None:
             self._refresh_backoff_until = 0.0
         else:
-            self._refresh_backoff_until = time.monotonic() + self.config.retry_backoff_ms / 1000.0
+            self._refresh_backoff_until = self.clock() + self.config.retry_backoff_ms / 1000.0
             log.warning("metadata refresh failed: %s", exc)
 
     async def refresh(self, topics: Optional[set[str]] = None) -> None:
@@ -323,7 +327,7 @@ class Cluster:
         for node_id, connection in list(self._connections.items()):
             if node_id not in self.brokers:
                 connection.close()
-        self.last_refresh = time.monotonic()
+        self.last_refresh = self.clock()
         if self.on_change is not None:
             self.on_change()
 
@@ -336,14 +340,14 @@ class Cluster:
         a broker that does not answer cannot hold the caller for request_timeout_ms past the deadline.
         An invalid topic name or a denied topic fails at once: waiting would not change the answer.
         """
-        start = time.monotonic()
+        start = self.clock()
         deadline = start + timeout
         backoff = self.config.retry_backoff_ms / 1000.0
         last_error: Optional[BaseException] = None
         while True:
             if self._closed:
                 raise errors.ProducerClosedError(f"closed while waiting for metadata of topic {topic!r}")
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock()
             try:
                 await asyncio.wait_for(self.refresh({topic}), max(remaining, 0.001))
             except errors.KafkaError as exc:
@@ -358,11 +362,11 @@ class Cluster:
                 last_error = errors.for_code(code, topic=topic)
                 if code in (17, 29):  # INVALID_TOPIC_EXCEPTION, TOPIC_AUTHORIZATION_FAILED
                     raise last_error
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock()
             if remaining <= 0:
                 detail = f" (last error: {last_error})" if last_error else ""
                 raise errors.KafkaTimeoutError(
-                    f"topic {topic!r} not present in metadata after {(time.monotonic() - start) * 1000:.0f} ms "
+                    f"topic {topic!r} not present in metadata after {(self.clock() - start) * 1000:.0f} ms "
                     f"(max_block_ms={timeout * 1000:.0f}){detail}") from last_error
             await asyncio.sleep(min(backoff, remaining))
             backoff = min(backoff * 2, 1.0)

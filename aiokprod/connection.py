@@ -70,6 +70,12 @@ class BrokerConnection(asyncio.Protocol):
         self._transport: Optional[asyncio.Transport] = None
         self._buffer = bytearray()
         self._pending: collections.deque[_Pending] = collections.deque()
+        # Correlation ids of requests sent expecting no answer (acks=0 Produce). Kafka brokers send none, but
+        # some (Tansu) answer anyway; such an answer is recognised here and dropped, not taken for a corrupt
+        # stream (which would close the connection and lose the writes still in its buffer). Answers come in
+        # request order, so the ids before a recognised one are dropped too; the bound keeps a broker that
+        # never answers from growing it.
+        self._unanswered: collections.deque[int] = collections.deque(maxlen=4096)
         self._next_correlation_id = 0
         self._timer: Optional[asyncio.TimerHandle] = None
         self._timer_deadline = 0.0  # the time.monotonic() deadline self._timer was armed for
@@ -209,6 +215,7 @@ class BrokerConnection(asyncio.Protocol):
             return future
         transport.writelines(buffers)
         if response_class is None:
+            self._unanswered.append(correlation_id)
             future.set_result(None)
             return future
         now = time.monotonic()
@@ -286,6 +293,8 @@ class BrokerConnection(asyncio.Protocol):
             del buffer[:start]
 
     def _handle_frame(self, frame: bytes) -> None:
+        if self._unanswered and self._is_unasked_answer(frame):
+            return
         if not self._pending:
             self.close(errors.CorruptFrameError(f"unexpected response from {self.host}:{self.port}: nothing pending"))
             return
@@ -312,6 +321,21 @@ class BrokerConnection(asyncio.Protocol):
             return
         if not pending.future.done():
             pending.future.set_result(response)
+
+    def _is_unasked_answer(self, frame: bytes) -> bool:
+        """Is ``frame`` a broker's answer to a request sent expecting none? Then forget that id (and the
+        older ones: answers come in order) and tell the caller to drop the frame."""
+        if len(frame) < 4:
+            return False
+        correlation_id = int.from_bytes(frame[:4], "big", signed=True)
+        if self._pending and self._pending[0].correlation_id == correlation_id:
+            return False
+        unanswered = self._unanswered
+        if correlation_id not in unanswered:
+            return False
+        while unanswered.popleft() != correlation_id:
+            pass
+        return True
 
     def pause_writing(self) -> None:
         self._write_paused = True

@@ -2,8 +2,10 @@
 
 - ``DefaultPartitioner``: keyed records go to ``(murmur2(key) & 0x7fffffff) % n`` exactly as the Java client
   does (so keys land where Java producers put them); keyless records are "uniform sticky" (KIP-794): they stay
-  on one partition until about ``batch_size`` bytes went there, then move to another chosen at random, so
-  batches fill up instead of one record going to each partition.
+  on one partition until ``batch_size`` bytes went there, then move to another chosen at random, so batches
+  fill up instead of one record going to each partition. The bytes are counted as the Java client counts
+  them: what each keyless record added to its batch (its encoded size there; for a record that opened a new
+  batch, the new batch's size, 61-byte header included), not the record's upper-bound size.
 - ``RoundRobinPartitioner``: every record (keyed or not) to the next partition in turn.
 - Any callable ``(topic, key_bytes, partitions) -> int`` is a custom partitioner; ``partitions`` is the list of
   the topic's partition ids.
@@ -21,6 +23,8 @@ class Partitioner(Protocol):
 
     def partition(self, topic: str, key: bytes | None, num_partitions: int) -> int: ...
 
+    # Called for each keyless record the partitioner placed, with the bytes it added to its batch (the whole
+    # new batch, header included, if it opened one), as Java's KIP-794 partitioner is told.
     def record_appended(self, topic: str, partition: int, num_bytes: int, num_partitions: int) -> None: ...
 
 
@@ -45,12 +49,14 @@ class DefaultPartitioner:
     def partition(self, topic: str, key: bytes | None, num_partitions: int) -> int:
         if key is not None:
             return key_partition(key, num_partitions)
-        # Stays on one partition until about batch_size bytes went there (record_appended), then moves to
+        # Stays on one partition until batch_size bytes went there (record_appended), then moves to
         # another chosen at random; a new random one if the topic shrank below it.
         return self._sticky_partition(topic, num_partitions)
 
     def record_appended(self, topic: str, partition: int, num_bytes: int, num_partitions: int) -> None:
-        """Count bytes on the sticky partition; switch once about a batch's worth went there (KIP-794)."""
+        """A keyless record this partitioner placed was appended, adding ``num_bytes`` to its batch (the whole
+        batch, header included, if it opened the batch): count them on the sticky partition and switch once
+        ``batch_size`` bytes went there (KIP-794)."""
         self.sticky.record_appended(topic, partition, num_bytes, num_partitions)
 
 

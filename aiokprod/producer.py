@@ -14,9 +14,10 @@ import asyncio
 import contextlib
 import enum
 import logging
+import operator
 import warnings
 from time import time as _time
-from typing import Optional
+from typing import Any, Optional
 
 from . import errors
 from .accumulator import RecordAccumulator
@@ -34,6 +35,8 @@ from .transaction_manager import TransactionManager, TxnState
 from .transactions import TransactionDriver
 
 log = logging.getLogger("aiokprod.producer")
+
+_INT64_MAX = (1 << 63) - 1
 
 
 class State(enum.Enum):
@@ -83,6 +86,9 @@ class Producer:
         # anything) it takes none.
         partitioner = self._partitioner
         self._own_partitioner = type(partitioner) is DefaultPartitioner and partitioner.sticky is self._appender
+        # Whether send()'s general path must tell the partitioner what each keyless record added to its batch
+        # (round robin's and a callable's record_appended do nothing: no need to measure it for them).
+        self._counts_appended = type(partitioner) not in (RoundRobinPartitioner, CallablePartitioner)
         self._fast_path = (not self._has_interceptors and self._key_serializer is None
                            and self._value_serializer is None
                            and (self._own_partitioner
@@ -254,6 +260,11 @@ class Producer:
         if self._has_interceptors:
             record = self._interceptors.on_send(ProducerRecord(topic, value, key, partition, timestamp_ms, headers))
             topic, value, key, partition, timestamp_ms, headers = record
+        # The arguments the fast path declined for their type or range (it takes only exact ints).
+        if partition is not None and type(partition) is not int:
+            partition = _int_argument("partition", topic, partition)
+        if timestamp_ms is not None and (type(timestamp_ms) is not int or not 0 <= timestamp_ms <= _INT64_MAX):
+            timestamp_ms = _timestamp_argument(topic, timestamp_ms)
         if self._key_serializer is not None:
             key = self._key_serializer(key)
         elif key is not None and type(key) is not bytes:
@@ -269,7 +280,7 @@ class Producer:
                 self._raise_not_running(topic)
         num_partitions = info.num_partitions
         # Only records the partitioner placed without a key count toward its sticky switch (KIP-794).
-        sticky = partition is None and key is None
+        sticky = partition is None and key is None and self._counts_appended
         if partition is None:
             partition = self._partitioner.partition(topic, key, num_partitions)
             if type(partition) is not int or not 0 <= partition < num_partitions:
@@ -280,17 +291,27 @@ class Producer:
                              f"which has {num_partitions} partition(s) (0..{num_partitions - 1})")
         if timestamp_ms is None:
             timestamp_ms = int(_time() * 1000)
-        size = record_size_upper_bound(key, value, headers)
+        try:
+            size = record_size_upper_bound(key, value, headers)
+        except (TypeError, ValueError) as exc:
+            if headers is None:
+                raise
+            raise _headers_error(topic, headers, exc) from exc
         if size > self._max_record_size:
             self._record_too_large(topic, partition, size)
         accumulator = self._accumulator
         if self._transactional:
             self._manager.check_can_send()  # again: the transaction may have ended while we awaited metadata
+        if sticky:
+            before = self._open_batch_size(topic, partition)
         handle = accumulator.try_append(topic, partition, timestamp_ms, key, value, headers)
         if handle is None:
-            handle = await self._append_new_batch(topic, partition, timestamp_ms, key, value, headers, size)
+            handle, before = await self._append_new_batch(topic, partition, timestamp_ms, key, value, headers, size)
         if sticky:
-            self._partitioner.record_appended(topic, partition, size, num_partitions)
+            # KIP-794, as the Java client counts: the bytes the record added to its batch (the whole batch,
+            # header included, if it opened it), not its upper-bound size.
+            self._partitioner.record_appended(topic, partition, self._appended_bytes(topic, partition, before),
+                                              num_partitions)
         if self._has_interceptors:
             handle.add_done_callback(self._acknowledge)
         return handle
@@ -321,16 +342,32 @@ class Producer:
         self._interceptors.on_acknowledgement(None if error else handle.result(), error)
 
     async def _append_new_batch(self, topic, partition, timestamp_ms, key, value, headers, size):
-        """The record needs a new batch: reserve its buffer (waiting for room, FIFO), then append."""
+        """The record needs a new batch: reserve its buffer (waiting for room, FIFO), then append. Returns the
+        handle and ``_open_batch_size`` as it was just before the append (after any wait)."""
         accumulator = self._accumulator
         reserved = accumulator.new_batch_reservation(size)
         if not accumulator.try_reserve(reserved):
             await self._wait_for_memory(reserved, size, topic, partition)
+        before = self._open_batch_size(topic, partition)
         try:
-            return accumulator.append_new(topic, partition, timestamp_ms, key, value, headers, reserved)
+            return accumulator.append_new(topic, partition, timestamp_ms, key, value, headers, reserved), before
         except BaseException:
             accumulator.release(reserved)
             raise
+
+    def _open_batch_size(self, topic: str, partition: int) -> tuple[Any, int]:
+        """``(open batch, its size in bytes)`` of ``topic``-``partition``, or ``(None, 0)``."""
+        batch = self._appender.open_batch(topic, partition)
+        return (None, 0) if batch is None else (batch, batch.builder.size_in_bytes)
+
+    def _appended_bytes(self, topic: str, partition: int, before: tuple[Any, int]) -> int:
+        """What the record just appended added to its batch, given ``_open_batch_size`` from just before (no
+        await in between): the batch's growth if the record joined the batch open then, else the whole new
+        batch, header included (Java's RecordAccumulator counts the same). The record's batch is the open
+        one now: an append never closes the batch it succeeded in."""
+        batch = self._appender.open_batch(topic, partition)
+        size: int = batch.builder.size_in_bytes
+        return size - before[1] if batch is before[0] else size
 
     async def _wait_for_memory(self, size: int, record_size: int, topic: str, partition: int) -> None:
         accumulator = self._accumulator
@@ -514,3 +551,40 @@ class Producer:
 
     def metrics(self) -> dict:
         return self._metrics.as_dict()
+
+
+# -- send()'s argument checks (the general path only: the fast path declines whatever is not plain) ----------
+
+def _int_argument(name: str, topic: object, value: object) -> int:
+    """``value`` as an int: ints and integer types (``operator.index``: numpy integers, IntEnum) are taken,
+    bool is refused (``partition=True`` is a mistake, not partition 1), and so is anything else."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    raise TypeError(f"{name} for topic {topic!r} must be an int or None, got {type(value).__name__} {value!r:.100}")
+
+
+def _timestamp_argument(topic: object, value: object) -> int:
+    timestamp = _int_argument("timestamp_ms", topic, value)
+    if timestamp < 0:
+        # As the Java client (ProducerRecord): a negative timestamp is refused, never written.
+        raise ValueError(f"timestamp_ms for topic {topic!r} must be >= 0 (milliseconds since the epoch) or None, "
+                         f"got {timestamp}")
+    if timestamp > _INT64_MAX:
+        raise ValueError(f"timestamp_ms for topic {topic!r} does not fit Kafka's int64 timestamp: {timestamp}")
+    return timestamp
+
+
+def _headers_error(topic: object, headers: object, error: Exception) -> Exception:
+    """The error for headers the codec refused (``error``), naming the first header it refuses."""
+    if isinstance(headers, (list, tuple)):
+        for index, header in enumerate(headers):
+            try:
+                record_size_upper_bound(None, None, (header,))
+            except (TypeError, ValueError) as bad:
+                kind = TypeError if isinstance(bad, TypeError) else ValueError
+                return kind(f"headers[{index}] for topic {topic!r} is refused: {header!r:.200}: {bad}")
+    return TypeError(f"headers for topic {topic!r} must be a list or tuple of (str, bytes | None) pairs, "
+                     f"got {type(headers).__name__}: {error}")

@@ -311,9 +311,11 @@ class Sender:
             self.accumulator.forget_sequences()
             self.wakeup()
             return
+        # Retriable or not, the next try waits retry_backoff_ms (after a fatal error the producer takes no
+        # more records, but one that is stopped late must not dial the broker in a loop meanwhile).
+        self._identity_retry_at = time.monotonic() + self.config.retry_backoff_ms / 1000.0
         if isinstance(exc, errors.KafkaError) and exc.retriable and not self.manager.fatal:
             log.warning("InitProducerId failed: %s", exc)
-            self._identity_retry_at = time.monotonic() + self.config.retry_backoff_ms / 1000.0
             self.wakeup()
             return
         if not isinstance(exc, errors.KafkaError):

@@ -32,10 +32,16 @@ Faults (each applies to the next ``count`` matching requests; ``count=None`` mea
   its answer is replaced (for a Produce, only the matching partitions'): the client is told it failed.
   :attr:`injected` counts them per API name.
 * :meth:`cut_connections`: close every connection now.
+* :meth:`hold_responses`: like a delay, but until :meth:`release_held` (no wall-clock race in the test:
+  while :meth:`held` counts a response, the client cannot have its answer).
+* :meth:`cap_version`: advertise at most a given version of an API in ApiVersions answers (an older
+  broker), so the client's own version negotiation is what is tested.
 
 Counters (:attr:`requests`, :attr:`produce_partitions`) record what arrived on which virtual broker so
-tests can assert routing; :meth:`wait_for` polls them. :meth:`record_requests` keeps the decoded requests
-of the APIs it names (``recorded["InitProducerId"]``), for tests that check what a request said.
+tests can assert routing; :attr:`forwarded_records` counts the records of the Produce batches the proxy
+passed on to the broker (proof that bytes left the client, acks=0 included); :meth:`wait_for` polls them.
+:meth:`record_requests` keeps the decoded requests of the APIs it names (``recorded["InitProducerId"]``),
+for tests that check what a request said.
 
 The proxy runs on its own event loop in a background thread (see ``proxy_thread``), so sync and async tests
 can use it and a test blocking its own loop does not stall it. Public methods are thread-safe.
@@ -61,6 +67,7 @@ from typing import Callable
 from aiokprod.protocol import (
     API_NAMES,
     MESSAGES,
+    ApiVersionsResponse,
     decode_response_header,
     FindCoordinatorResponse,
     MetadataResponse,
@@ -72,11 +79,14 @@ from proxy_thread import ThreadedProxy, close_writer
 
 PRODUCE = 0
 METADATA = 3
+API_VERSIONS = 18
 FIND_COORDINATOR = 10
 NOT_LEADER_OR_FOLLOWER = 6
 
 _API_KEYS = {name: key for key, name in API_NAMES.items()}
 _I32 = struct.Struct(">i")
+_BATCH_LENGTH = struct.Struct(">i")   # at offset 8 of a record batch; the batch is 12 + length bytes
+_BATCH_RECORDS = struct.Struct(">i")  # the record count, at offset 57 of a v2 record batch
 
 LeaderFn = Callable[[str, int], int]
 
@@ -174,7 +184,12 @@ class KafkaProxy(ThreadedProxy):
         self.injected: Counter[str] = Counter()
         # API name -> decoded requests, for the APIs named in record_requests()
         self.recorded: dict[str, list] = {}
+        # (topic, partition) -> records in the Produce batches forwarded to the broker
+        self.forwarded_records: Counter[tuple[str, int]] = Counter()
         self.connections_accepted = 0
+        self._version_caps: dict[int, int] = {}  # api key -> the highest version ApiVersions advertises
+        self._held: Counter[int] = Counter()  # api key -> responses held right now
+        self._release: dict[int, asyncio.Event] = {}  # api key -> what its held responses wait for (proxy loop)
 
     # ---------------------------------------------------------------- addresses
 
@@ -238,6 +253,32 @@ class KafkaProxy(ThreadedProxy):
                    topic: str | None = None, partition: int | None = None, count: int | None = 1) -> None:
         """Close the client connection when the next ``count`` matching requests arrive (not forwarded)."""
         self._add_fault(_Fault("cut_before", _api_key(api), node_id, topic, partition, remaining=count))
+
+    def hold_responses(self, *, api: int | str | None = None, node_id: int | None = None,
+                       count: int | None = 1) -> None:
+        """Hold the responses to the next ``count`` matching requests until :meth:`release_held`."""
+        self._add_fault(_Fault("delay", _api_key(api), node_id, remaining=count, delay=None))
+
+    def held(self, api: int | str | None = None) -> int:
+        """Responses (of ``api``, or of any) held right now by :meth:`hold_responses`: the client has not
+        received them, nor any later response on the same connection (answers come in order)."""
+        key = _api_key(api)
+        with self._lock:
+            return sum(n for k, n in self._held.items() if key in (None, k))
+
+    def release_held(self, api: int | str | None = None) -> None:
+        """Let the responses (of ``api``, or all) held so far go on; later ones wait for the next release."""
+        self.call_soon(self._release_now, _api_key(api))
+
+    def _release_now(self, api_key: int | None) -> None:
+        for key in [k for k in self._release if api_key in (None, k)]:
+            self._release.pop(key).set()
+
+    def cap_version(self, api: int | str, max_version: int) -> None:
+        """Advertise at most ``max_version`` of ``api`` in ApiVersions answers from now on (new
+        connections negotiate against it), as a broker of an older release would."""
+        with self._lock:
+            self._version_caps[_api_key(api)] = max_version
 
     def fail_produce(self, topic: str, partition: int, error_code: int, *, count: int | None = 1,
                      node_id: int | None = None, message: str | None = None) -> None:
@@ -314,6 +355,7 @@ class KafkaProxy(ThreadedProxy):
             self.requests.clear()
             self.produce_partitions.clear()
             self.events.clear()
+            self.forwarded_records.clear()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
         """Poll ``predicate`` (e.g. ``lambda: proxy.count("Produce") >= 2``) until true or timeout (sync)."""
@@ -350,9 +392,10 @@ class KafkaProxy(ThreadedProxy):
         # comes from the broker or from the proxy itself.
         order: asyncio.Queue = asyncio.Queue()
         inflight: dict[int, _InFlight] = {}
+        acks0_ids: set[int] = set()  # correlation ids of acks=0 Produce requests forwarded
         tasks = [
-            asyncio.ensure_future(self._client_to_broker(node_id, reader, writer, up_writer, order, inflight)),
-            asyncio.ensure_future(self._broker_to_proxy(node_id, up_reader, inflight)),
+            asyncio.ensure_future(self._client_to_broker(node_id, reader, writer, up_writer, order, inflight, acks0_ids)),
+            asyncio.ensure_future(self._broker_to_proxy(node_id, up_reader, inflight, acks0_ids)),
             asyncio.ensure_future(self._proxy_to_client(writer, order)),
         ]
         try:
@@ -372,7 +415,7 @@ class KafkaProxy(ThreadedProxy):
                 if not entry.future.done():
                     entry.future.cancel()
 
-    async def _client_to_broker(self, node_id, reader, writer, up_writer, order, inflight) -> None:
+    async def _client_to_broker(self, node_id, reader, writer, up_writer, order, inflight, acks0_ids) -> None:
         loop = asyncio.get_running_loop()
         while True:
             payload = await read_frame(reader)
@@ -414,6 +457,9 @@ class KafkaProxy(ThreadedProxy):
                     continue
                 api_error = self._take_fault("error_after_write", info.api_key, node_id)
             if forward is not None:
+                if info.api_key == PRODUCE and not expects_response:
+                    # Tansu answers some acks=0 Produce requests anyway; the client expects nothing.
+                    acks0_ids.add(info.correlation_id)
                 if expects_response:
                     entry = _InFlight(info, future, local_errors)
                     entry.written_errors = written_errors
@@ -426,7 +472,7 @@ class KafkaProxy(ThreadedProxy):
                 # Every partition was answered by the proxy: the broker never sees this request.
                 future.set_result(self._local_produce_response(info, local_errors))
             if expects_response:
-                order.put_nowait((future, delay))
+                order.put_nowait((future, delay, info.api_key))
 
     def _route_produce(self, node_id, info, payload):
         """Split a Produce between the broker and the proxy's own answers (injected errors, not leader)."""
@@ -450,6 +496,8 @@ class KafkaProxy(ThreadedProxy):
                     local.append((*tp, NOT_LEADER_OR_FOLLOWER, "proxy: not the leader of this partition"))
                 else:
                     kept.append(part)
+                    with self._lock:
+                        self.forwarded_records[tp] += _record_count(part.records)
             if kept:
                 topic_data.partition_data = kept
                 kept_topics.append(topic_data)
@@ -463,15 +511,22 @@ class KafkaProxy(ThreadedProxy):
         rewritten = payload[:info.body_offset] + request.encode(info.api_version)
         return rewritten, local, partitions, expects_response
 
-    async def _broker_to_proxy(self, node_id, up_reader, inflight) -> None:
+    async def _broker_to_proxy(self, node_id, up_reader, inflight, acks0_ids) -> None:
         while True:
             payload = await read_frame(up_reader)
             if payload is None:
                 return
             (correlation_id,) = _I32.unpack_from(payload, 0)
             entry = inflight.pop(correlation_id, None)
+            if entry is None and correlation_id in acks0_ids:
+                # The broker answered an acks=0 Produce. The client sent it expecting no answer, and one
+                # would desynchronise its stream, so it is dropped here and counted (a broker quirk).
+                acks0_ids.discard(correlation_id)
+                self.events["acks0_answer_dropped"] += 1
+                continue
             if entry is None:
-                raise FrameError(f"broker answered unknown correlation id {correlation_id}")
+                # Not a frame error to shrug off: the proxy's picture of the stream is wrong.
+                raise RuntimeError(f"broker answered unknown correlation id {correlation_id}")
             if entry.lose is not None:
                 self.events["lost_response"] += 1
                 entry.future.set_result(_CUT if entry.lose.cut else _DROP)
@@ -480,9 +535,19 @@ class KafkaProxy(ThreadedProxy):
 
     async def _proxy_to_client(self, writer, order) -> None:
         while True:
-            future, delay = await order.get()
+            future, delay, api_key = await order.get()
             data = await future
-            if delay:
+            if delay is None:
+                self.events["held"] += 1
+                release = self._release.setdefault(api_key, asyncio.Event())
+                with self._lock:
+                    self._held[api_key] += 1
+                try:
+                    await release.wait()
+                finally:
+                    with self._lock:
+                        self._held[api_key] -= 1
+            elif delay:
                 self.events["delayed"] += 1
                 await asyncio.sleep(delay)
             if data is _DROP:
@@ -498,6 +563,8 @@ class KafkaProxy(ThreadedProxy):
         info = entry.info
         if entry.api_error is not None:
             return self._rewrite_error_codes(entry, payload)
+        if info.api_key == API_VERSIONS:
+            return self._rewrite_api_versions(info, payload)
         if info.api_key not in (METADATA, FIND_COORDINATOR, PRODUCE):
             return payload
         if info.api_key == PRODUCE and not entry.local_errors and not entry.written_errors:
@@ -586,6 +653,25 @@ class KafkaProxy(ThreadedProxy):
         return response_payload(info.correlation_id, info.response_header_version,
                                 response.encode(info.api_version))
 
+    def _rewrite_api_versions(self, info, payload: bytes) -> bytes:
+        with self._lock:
+            caps = dict(self._version_caps)
+        if not caps:
+            return payload
+        _, body_offset = decode_response_header(payload, info.response_header_version)
+        try:
+            response = ApiVersionsResponse.decode(memoryview(payload)[body_offset:], info.api_version)
+        except Exception:  # noqa: BLE001 - an UNSUPPORTED_VERSION answer has a v0 body: pass it on as is
+            return payload
+        if response.error_code:
+            return payload
+        for entry in response.api_keys:
+            cap = caps.get(entry.api_key)
+            if cap is not None and entry.max_version > cap:
+                entry.max_version = cap
+                self.events["version_capped"] += 1
+        return bytes(payload[:body_offset]) + response.encode(info.api_version)
+
     def _rewrite_metadata(self, response, version):
         response.brokers = [
             MetadataResponse.MetadataResponseBroker(node_id=node, host=self.host, port=self.port_of(node))
@@ -666,3 +752,17 @@ def _set_error_codes(struct, code: int, message: str | None) -> None:
             for item in value:
                 if hasattr(type(item), "__slots__") and not isinstance(item, (bytes, str)):
                     _set_error_codes(item, code, message)
+
+
+def _record_count(records) -> int:
+    """Records in a Produce partition's ``records`` bytes (one or more v2 record batches)."""
+    if not records:
+        return 0
+    view = memoryview(records)
+    count = pos = 0
+    while pos + 61 <= len(view):
+        (length,) = _BATCH_LENGTH.unpack_from(view, pos + 8)
+        (count_here,) = _BATCH_RECORDS.unpack_from(view, pos + 57)
+        count += count_here
+        pos += 12 + length
+    return count

@@ -28,7 +28,10 @@ class ThreadedProxy:
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
-        self.errors: list[BaseException] = []  # unexpected exceptions in connection handlers
+        # Unexpected exceptions on the proxy's loop: in connection handlers, in callbacks and tasks (the
+        # loop's exception handler), and in shutdown. A proxy that broke mid-test would otherwise show up
+        # only as a confusing client-side failure, or not at all; leaving a ``with`` block fails on them.
+        self.errors: list[BaseException] = []
 
     # ---------------------------------------------------------------- lifecycle (called from any thread)
 
@@ -38,6 +41,8 @@ class ThreadedProxy:
         ready = threading.Event()
         loop = asyncio.new_event_loop()
         self._loop = loop
+
+        loop.set_exception_handler(self._loop_exception)
 
         def run() -> None:
             asyncio.set_event_loop(loop)
@@ -61,8 +66,10 @@ class ThreadedProxy:
         thread, loop = self._thread, self._loop
         if thread is None or loop is None:
             return
-        with contextlib.suppress(Exception):
+        try:
             self.call(self._shutdown(), timeout)
+        except Exception as exc:  # noqa: BLE001 - recorded: a proxy that cannot stop cleanly is a failure
+            self.errors.append(exc)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout)
         self._thread = None
@@ -71,15 +78,31 @@ class ThreadedProxy:
     def __enter__(self):
         return self.start()
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.stop()
+        if exc_type is None:
+            self.raise_if_failed()
 
     async def __aenter__(self):
         # Starting blocks briefly on another thread; keep the caller's loop free while it does.
         return await asyncio.to_thread(self.start)
 
-    async def __aexit__(self, *exc_info) -> None:
+    async def __aexit__(self, exc_type, exc, tb) -> None:
         await asyncio.to_thread(self.stop)
+        if exc_type is None:
+            self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        """AssertionError naming every exception the proxy itself raised (not its clients' errors)."""
+        if self.errors:
+            details = "; ".join(f"{type(e).__name__}: {e}" for e in self.errors)
+            raise AssertionError(f"{type(self).__name__} raised {len(self.errors)} exception(s): {details}")
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.CancelledError)):
+            return  # a peer went away, or a socket was aborted at a cut: normal for a proxy
+        self.errors.append(exc if exc is not None else RuntimeError(context.get("message", repr(context))))
 
     @property
     def running(self) -> bool:

@@ -24,6 +24,7 @@ from aiokprod.handle import BatchCompletion
 from aiokprod.partitioner import DefaultPartitioner
 from aiokprod.producer import State
 from helpers import JAVA_MURMUR2, java_partition, read_back_async
+from kip794 import BATCH_HEADER, JavaSticky, record_size
 
 TWINS = [
     "python",
@@ -168,22 +169,71 @@ async def test_fast_path_places_every_record_as_the_general_path(twin, seed, dra
         assert fast._appender.sticky_state(topic) == slow._appender.sticky_state(topic)
 
 
-async def test_keyless_switching_matches_the_partitioner_and_is_shared(twin):
-    producer = wired_producer(twin, batch_size=1000, buffer_memory=1 << 30, topics={"t": 6})
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+async def test_keyless_switching_counts_bytes_appended_as_java_does(twin, fast):
+    """KIP-794: 100-byte values at one timestamp take 109 bytes each in a batch (kafka-python's encoder), a
+    batch 61 more. With batch_size 1000 a batch holds 8 of them (933 bytes). Java counts what each record added:
+    from a fresh partition 61 + 8 x 109 = 933, then the 9th record opens a new batch (+61 +109): 1103, switch.
+    Returning to a partition whose batch holds r records, 8 - r fill it, one opens the next batch, and the
+    count is again 61 + 9 x 109 after 9 records: every run is 9 records. (Counting each record's upper bound,
+    186 bytes with the batch header, switched after 6: batches two-thirds full.)"""
+    batch_size, n = 1000, 6
+    producer = wired_producer(twin, fast=fast, batch_size=batch_size, buffer_memory=1 << 30, topics={"t": n})
     partitioner = producer._partitioner
     assert isinstance(partitioner, DefaultPartitioner) and partitioner.sticky is producer._appender
-    previous, switches = None, 0
+    size = record_size(0, 0, None, b"v" * 100)
+    assert size == record_size(7, 0, None, b"v" * 100) == 109
+    fit = (batch_size - BATCH_HEADER) // size
+    assert fit == 8
+    run = next(k for k in range(1, 100) if BATCH_HEADER * (1 + (k > fit)) + k * size >= batch_size)
+    assert run == fit + 1 == 9
+    assert record_size_upper_bound(None, b"v" * 100, None) == 186  # what was counted before
+    placed = []
     for _ in range(400):
-        expected = partitioner.partition("t", None, 6)  # the state the fast path places from
-        handle = await producer.send("t", b"v" * 100)
+        expected = partitioner.partition("t", None, n)  # the state the fast path places from
+        handle = await producer.send("t", b"v" * 100, timestamp_ms=1_700_000_000_000)
         assert handle.completion.partition == expected
-        switches += previous is not None and expected != previous
-        previous = expected
-        sticky = producer._appender.sticky_state("t")
-        assert sticky[1] < 1000
-    # 100 bytes of value are counted as record_size_upper_bound's 186: a switch every 6 records.
-    assert switches == 400 // 6
-    assert record_size_upper_bound(None, b"v" * 100, None) == 186
+        placed.append(expected)
+    runs = [1]
+    for previous, current in zip(placed, placed[1:]):
+        if current == previous:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    assert runs[:-1] == [run] * (len(runs) - 1) and runs[-1] <= run, runs
+    if fast:
+        assert producer.slow_calls <= len(runs) + 400 // fit  # a new batch per run and per full batch
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_keyless_sticky_bytes_follow_the_java_model(twin, fast, seed):
+    """Records of mixed sizes, timestamps and headers, drained now and then: after every record the sticky
+    state is what the Java model (tests/kip794.py, sizes from kafka-python) says, in both paths of send()."""
+    batch_size, n = 2000, 5
+    producer = wired_producer(twin, fast=fast, seed=seed, batch_size=batch_size, buffer_memory=1 << 30,
+                              topics={"t": n})
+    partitioner = producer._partitioner
+    rng = random.Random(seed)
+    java = JavaSticky(batch_size)
+    clock, switches = 1_700_000_000_000, 0
+    for i in range(1500):
+        clock += rng.choice([0, 0, 1, 70, 9000])  # timestamp deltas of 1, 2 and 3 varint bytes
+        value = rng.choice([None, b"", b"v" * 10, b"v" * 100, b"v" * 100, b"v" * 700, b"v" * 2500])
+        headers = rng.choice([None] * 8 + [[("h", b"x" * rng.randrange(200))], (("a", None), (b"b", b"c"))])
+        expected = partitioner.partition("t", None, n)
+        handle = await producer.send("t", value, timestamp_ms=clock, headers=headers)
+        assert handle.completion.partition == expected
+        if java.keyless(expected, clock, value, headers):
+            switches += 1
+            sticky, counted = producer._appender.sticky_state("t")
+            assert sticky != expected and counted == 0, (i, sticky, counted)
+        else:
+            assert producer._appender.sticky_state("t") == (expected, java.counted), i
+        if i % 211 == 210:
+            drain_all(producer)
+            java.drained()
+    assert switches > 100  # the test did exercise switching
 
 
 async def test_keyed_records_follow_java_murmur2(twin):
@@ -220,7 +270,9 @@ async def open_sticky_batch(producer):
 @pytest.mark.parametrize("case", [
     "disabled", "unknown topic", "topic not str", "metadata dropped", "key not bytes", "value not bytes",
     "partition out of range", "partition negative", "partition huge", "partition bool", "partition float",
-    "no open batch there", "headers not a list", "timestamp float", "too large", "waiter queued", "full",
+    "partition str", "no open batch there", "headers not a list", "header not a pair", "header key not str",
+    "header value not bytes", "timestamp float", "timestamp str", "timestamp bool", "timestamp negative",
+    "timestamp huge", "too large", "waiter queued", "full",
 ])
 async def test_declines_without_a_trace(twin, case):
     producer = wired_producer(twin, batch_size=1024, buffer_memory=4096, max_request_size=2000)
@@ -249,12 +301,28 @@ async def test_declines_without_a_trace(twin, case):
         args["partition"] = True
     elif case == "partition float":
         args["partition"] = float(sticky)
+    elif case == "partition str":
+        args["partition"] = str(sticky)
     elif case == "no open batch there":
         args["partition"] = (sticky + 1) % 5
     elif case == "headers not a list":
         args["headers"] = {"h": b"v"}
+    elif case == "header not a pair":
+        args["headers"] = [("h", b"1"), ("h",)]
+    elif case == "header key not str":
+        args["headers"] = [(5, b"1")]
+    elif case == "header value not bytes":
+        args["headers"] = [("h", 5)]
     elif case == "timestamp float":
         args["timestamp_ms"] = 2.0
+    elif case == "timestamp str":
+        args["timestamp_ms"] = "2"
+    elif case == "timestamp bool":
+        args["timestamp_ms"] = True
+    elif case == "timestamp negative":
+        args["timestamp_ms"] = -5
+    elif case == "timestamp huge":
+        args["timestamp_ms"] = 1 << 63
     elif case == "too large":
         args["value"] = b"x" * 2000
     elif case == "waiter queued":
@@ -270,16 +338,30 @@ async def test_declines_without_a_trace(twin, case):
     assert snapshot(producer) == before
 
 
-async def test_bad_headers_raise_what_the_general_path_raises_and_append_nothing(twin):
+async def test_bad_arguments_are_declined_and_refused_by_the_general_path(twin):
     producer = wired_producer(twin)
     await open_sticky_batch(producer)
     before = snapshot(producer)
-    for headers in ([("h", 5)], [("h",)], [(5, b"v")]):
-        with pytest.raises(TypeError):
-            producer._appender.append("a", b"v", None, None, 2, headers)
-        with pytest.raises(TypeError):
-            await producer.send("a", b"v", headers=headers)
-    assert snapshot(producer) == before
+    cases = [
+        (dict(headers=[("h", 5)]), TypeError, r"headers\[0\] for topic 'a' is refused: \('h', 5\)"),
+        (dict(headers=[("h", b"1"), ("h",)]), TypeError, r"headers\[1\] .*\('h',\)"),
+        (dict(headers=[(5, b"v")]), TypeError, r"headers\[0\] .*\(5, b'v'\): header key must be str or bytes"),
+        (dict(headers={"h": b"v"}), TypeError, r"headers for topic 'a' must be a list or tuple .* got dict"),
+        (dict(timestamp_ms=-5), ValueError, r"timestamp_ms for topic 'a' must be >= 0 .* got -5"),
+        (dict(timestamp_ms=1 << 63), ValueError, r"timestamp_ms .* does not fit"),
+        (dict(timestamp_ms="2"), TypeError, r"timestamp_ms for topic 'a' must be an int or None, got str '2'"),
+        (dict(timestamp_ms=2.5), TypeError, r"timestamp_ms .* got float 2.5"),
+        (dict(timestamp_ms=True), TypeError, r"timestamp_ms .* got bool True"),
+        (dict(partition="0"), TypeError, r"partition for topic 'a' must be an int or None, got str '0'"),
+        (dict(partition=True), TypeError, r"partition .* got bool True"),
+        (dict(partition=0.0), TypeError, r"partition .* got float 0.0"),
+    ]
+    for kwargs, error, message in cases:
+        args = {**dict(topic="a", value=b"v", key=None, partition=None, timestamp_ms=2, headers=None), **kwargs}
+        assert producer._appender.append(*args.values()) is None
+        with pytest.raises(error, match=message):
+            await producer.send("a", b"v", **kwargs)
+        assert snapshot(producer) == before
 
 
 async def test_headers_and_default_timestamp(twin):

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aiokprod import _impl
+from aiokprod.codec import decode_record_batches  # one Python decoder for both twins
 from aiokprod.errors import CorruptRecordError
 from helpers import JAVA_MURMUR2  # the Java client's values (UtilsTest), stated once for the suite
 
@@ -67,14 +68,42 @@ def test_murmur2_type_error(codec):
 
 # --- crc32c --------------------------------------------------------------------------------------------
 
+def crc32c_by_definition(data: bytes) -> int:
+    """CRC-32C bit by bit from its definition (reflected Castagnoli polynomial 0x82F63B78, initial and
+    final XOR 0xFFFFFFFF): slow, but independent of the ``crc32c`` package both twins call."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
 @given(data=st.binary(max_size=300))
 @fixture_ok
-def test_crc32c_matches_package(codec, data):
-    assert codec.crc32c(data) == crc32c_package.crc32c(data)
+def test_crc32c_matches_the_definition(codec, data):
+    assert codec.crc32c(data) == crc32c_by_definition(data)
+    assert codec.crc32c(bytearray(data)) == codec.crc32c(memoryview(data)) == crc32c_by_definition(data)
 
 
 def test_crc32c_check_value(codec):
     assert codec.crc32c(b"123456789") == 0xE3069283  # the CRC-32C catalogue's check value
+    assert crc32c_by_definition(b"123456789") == 0xE3069283  # and the reference agrees with it
+
+
+# RFC 3720 (iSCSI), appendix B.4: CRC-32C of four 32-byte patterns.
+RFC3720_VECTORS = [
+    (bytes(32), 0x8A9136AA),
+    (b"\xff" * 32, 0x62A8AB43),
+    (bytes(range(32)), 0x46DD794E),
+    (bytes(range(31, -1, -1)), 0x113FDB5C),
+]
+
+
+@pytest.mark.parametrize("data,expected", RFC3720_VECTORS)
+def test_crc32c_rfc3720_vectors(codec, data, expected):
+    assert codec.crc32c(data) == expected
+    assert crc32c_by_definition(data) == expected
 
 
 # --- varints -------------------------------------------------------------------------------------------
@@ -170,7 +199,7 @@ def test_oversize_first_record_accepted_alone(codec):
     assert builder.append(1, None, b"x" * 500, None)
     assert not builder.append(2, None, b"", None)
     assert len(builder) == 1
-    [batch] = codec.decode_record_batches(builder.build())
+    [batch] = decode_record_batches(builder.build())
     assert batch.records[0].value == b"x" * 500
 
 
@@ -199,7 +228,7 @@ def test_timestamps(codec):
     for ts in (1000, 3000, 500):
         builder.append(ts, None, b"v", None)
     assert builder.first_timestamp == 1000 and builder.max_timestamp == 3000
-    [batch] = codec.decode_record_batches(builder.build(base_offset=40))
+    [batch] = decode_record_batches(builder.build(base_offset=40))
     assert batch.base_timestamp == 1000 and batch.max_timestamp == 3000
     assert [r.timestamp_ms for r in batch.records] == [1000, 3000, 500]
     assert [r.offset for r in batch.records] == [40, 41, 42]
@@ -231,7 +260,7 @@ def test_bytes_like_inputs(codec):
     builder = codec.RecordBatchBuilder()
     builder.append(1, bytearray(b"ka"), memoryview(b"xvaluex")[1:-1], [(b"hk", bytearray(b"hv"))])
     builder.append(2, memoryview(b"abcdef")[::2], array.array("B", b"arr"), ())
-    records = codec.decode_record_batches(builder.build())[0].records
+    records = decode_record_batches(builder.build())[0].records
     assert (records[0].key, records[0].value, records[0].headers) == (b"ka", b"value", [("hk", b"hv")])
     assert (records[1].key, records[1].value, records[1].headers) == (b"ace", b"arr", [])
 
@@ -253,11 +282,11 @@ def test_rebuild_with_other_args_and_after_append(codec):
     first = builder.build(0, 10, 1, 0)
     assert builder.build(0, 10, 1, 0) is first  # a retry re-uses the bytes
     other = builder.build(7, 11, 2, 5, True)
-    [batch] = codec.decode_record_batches(other)
+    [batch] = decode_record_batches(other)
     assert (batch.base_offset, batch.producer_id, batch.producer_epoch, batch.base_sequence) == (7, 11, 2, 5)
     assert batch.is_transactional and batch.compression == "lz4"
     builder.append(2, b"b", b"2", None)
-    [batch] = codec.decode_record_batches(builder.build(0, 10, 1, 0))
+    [batch] = decode_record_batches(builder.build(0, 10, 1, 0))
     assert [r.value for r in batch.records] == [b"1", b"2"]
 
 
@@ -272,7 +301,7 @@ def _batch(codec, compression="none", n=3):
 
 def test_decode_multiple_batches(codec):
     data = _batch(codec, "none") + _batch(codec, "zstd", 5) + _batch(codec, "gzip", 1)
-    batches = codec.decode_record_batches(data)
+    batches = decode_record_batches(data)
     assert [b.compression for b in batches] == ["none", "zstd", "gzip"]
     assert [len(b.records) for b in batches] == [3, 5, 1]
 
@@ -281,21 +310,21 @@ def test_decode_bad_crc(codec):
     data = bytearray(_batch(codec))
     data[-1] ^= 0xFF
     with pytest.raises(CorruptRecordError, match="CRC"):
-        codec.decode_record_batches(data)
+        decode_record_batches(data)
 
 
 def test_decode_bad_magic(codec):
     data = bytearray(_batch(codec))
     data[16] = 1
     with pytest.raises(CorruptRecordError, match="magic"):
-        codec.decode_record_batches(data)
+        decode_record_batches(data)
 
 
 def test_decode_impossible_length(codec):
     data = bytearray(_batch(codec))
     struct.pack_into(">i", data, 8, 10)
     with pytest.raises(CorruptRecordError, match="length"):
-        codec.decode_record_batches(data)
+        decode_record_batches(data)
 
 
 @pytest.mark.parametrize("cut", [1, 11, 12, 30, 61, -1])
@@ -303,9 +332,9 @@ def test_decode_truncated(codec, cut):
     whole = _batch(codec)
     data = whole + whole[:cut]
     with pytest.raises(CorruptRecordError, match="truncated"):
-        codec.decode_record_batches(data)
+        decode_record_batches(data)
     # Fetch responses may end mid-batch: the complete batch is kept, the partial one dropped.
-    assert len(codec.decode_record_batches(data, allow_partial_tail=True)) == 1
+    assert len(decode_record_batches(data, allow_partial_tail=True)) == 1
 
 
 def _refresh_crc(data: bytearray) -> bytearray:
@@ -333,7 +362,7 @@ def test_decode_fuzz_only_corrupt_record_error(codec, data):
         struct.pack_into(">i", raw, 8, len(raw) - 12)
         _refresh_crc(raw)
     try:
-        batches = codec.decode_record_batches(bytes(raw))
+        batches = decode_record_batches(bytes(raw))
     except CorruptRecordError:
         return
     for batch in batches:
@@ -352,7 +381,7 @@ def test_built_bytes_never_change_afterwards(codec, compression):
     for i in range(2000):  # appends after build, growing past the first buffer
         assert builder.append(2 + i, b"b", b"2" * 10, None)
     assert bytes(first) == snapshot
-    [batch] = codec.decode_record_batches(builder.build(0, 10, 1, 0))
+    [batch] = decode_record_batches(builder.build(0, 10, 1, 0))
     assert len(batch.records) == 2001 and bytes(first) == snapshot
-    [batch] = codec.decode_record_batches(first)
+    [batch] = decode_record_batches(first)
     assert [r.value for r in batch.records] == [b"1"]

@@ -10,6 +10,7 @@ import time
 import sys
 
 import pytest
+import uvloop  # noqa: F401 - pinned in the test extra: the uvloop example runs, never skips
 
 from aiokprod.codec import key_partition
 
@@ -17,10 +18,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 TIMEOUT = 10  # each example takes ~0.5-2 s; the slack is for loaded CI machines
 
-try:
-    import uvloop  # noqa: F401
-except ImportError:
-    uvloop = None
 
 
 def run_example(name: str, *args: str) -> str:
@@ -61,7 +58,6 @@ def test_basic_producer(broker):
     assert dict((key, p) for _, key, p in keyed)["user-1"] == first, out
 
 
-@pytest.mark.skipif(uvloop is None, reason="uvloop not installed")
 def test_basic_producer_on_uvloop(broker):
     out = run_example("basic_producer.py", "--bootstrap", broker.bootstrap, "--uvloop")
     assert out.startswith("send_and_wait -> topic "), out

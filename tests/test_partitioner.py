@@ -27,9 +27,11 @@ def test_keyed_bytes_like_keys():
 
 def test_empty_key_is_a_key():
     # Java hashes an empty key like any other (murmur2 of b"" with the seed); only null is keyless.
+    # Java: Utils.murmur2(new byte[0]) == 275646681, so the partition is 275646681 % n (already positive).
     partitioner = DefaultPartitioner()
-    n = 1000
-    assert len({partitioner.partition("t", b"", n) for _ in range(20)}) == 1
+    for n in (1, 3, 7, 1000, 2**31 - 1):
+        assert partitioner.partition("t", b"", n) == (275646681 & 0x7FFFFFFF) % n, n
+    assert partitioner.partition("t", b"", 1000) == 681
 
 
 def test_keyless_sticks_until_about_a_batch_then_switches():

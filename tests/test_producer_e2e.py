@@ -19,10 +19,12 @@ from aiokprod.interceptors import ProducerInterceptor, ProducerRecord
 from aiokprod.metadata import RecordMetadata
 from aiokprod.serializers import json_serializer, string_serializer
 from helpers import no_tasks_left, read_back_async
+from proxy_fixtures import kafka_proxy  # noqa: F401 - fixture
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 ACKS = [0, 1, "all"]
 N = 200
+NO_HANG = 20.0  # a guard against hangs, never a performance claim
 BASE_TS = 1_700_000_000_000
 
 
@@ -43,9 +45,11 @@ def _stored_headers(headers):
 
 @pytest.mark.parametrize("acks", ACKS, ids=lambda a: f"acks={a}")
 @pytest.mark.parametrize("codec", CODECS)
-async def test_every_record_stored_exactly_once(broker, topic_name, codec, acks):
+async def test_every_record_stored_exactly_once(broker, kafka_proxy, topic_name, codec, acks):
+    """Through the proxy (three virtual brokers), which counts the records it forwarded: for acks=0 that is
+    the proof the bytes left the client, whatever the broker then stores."""
     records = _records(N, codec)
-    async with Producer(broker.bootstrap, compression_type=codec, acks=acks, linger_ms=2,
+    async with Producer(kafka_proxy.bootstrap, compression_type=codec, acks=acks, linger_ms=2,
                         batch_size=4096) as producer:
         partitions = await producer.partitions_for(topic_name)
         handles = [await producer.send(topic_name, value=v, key=k, headers=h, timestamp_ms=ts)
@@ -55,6 +59,7 @@ async def test_every_record_stored_exactly_once(broker, topic_name, codec, acks)
         # it has read but not yet stored when the client closes the connection (about one stop in six
         # under uvloop), and acks=0 gives the client no way to know when it was stored.
         stored = await read_back_async(broker.bootstrap, topic_name, partitions, N, timeout=10 if acks == 0 else 20)
+        metrics = producer.metrics()
     assert len(partitions) > 1
     assert all(isinstance(m, RecordMetadata) and m.topic == topic_name for m in metas)
     assert {m.partition for m in metas} <= set(partitions)
@@ -66,9 +71,20 @@ async def test_every_record_stored_exactly_once(broker, topic_name, codec, acks)
         got = Counter((s.partition, s.key, s.value, s.headers, s.timestamp) for s in stored)
         assert len({(s.partition, s.offset) for s in stored}) == len(stored)
         assert not got - expected, "stored records that were not sent (or sent once, stored twice)"
+        # Every record left the client and reached the broker's socket: the proxy forwarded them all, and
+        # none was refused on the way (a wrong leader would be refused silently under acks=0).
+        forwarded = lambda: sum(kafka_proxy.forwarded_records[(topic_name, p)] for p in partitions)  # noqa: E731
+        assert await kafka_proxy.wait_for_async(lambda: forwarded() == N), (
+            f"{forwarded()} of {N} forwarded: {dict(kafka_proxy.forwarded_records)}, "
+            f"sent per partition {Counter(m.partition for m in metas)}, stored {len(stored)}, "
+            f"{kafka_proxy.count('Produce')} Produce requests, {metrics}")
+        assert kafka_proxy.events["not_leader"] == 0
+        # Tansu answers acks=0 Produce requests (it should not); the proxy drops those answers, which
+        # the client does not expect (directly, our client takes one as a corrupt stream and reconnects).
         if len(stored) < N:
             # Seen about once per few hundred acks=0 cases under load (uvloop): the broker never confirms
-            # an acks=0 write, and Tansu sometimes does not store one. Shown, not hidden: a broker quirk noted for the team (acks=0 promises nothing).
+            # an acks=0 write, and Tansu sometimes does not store one it was sent (proven above). Shown,
+            # not hidden: a broker quirk noted for the team (acks=0 promises nothing).
             pytest.xfail(f"Tansu stored {len(stored)} of {N} acks=0 records (acks=0 has no delivery guarantee)")
         assert got == expected
         return
@@ -158,21 +174,24 @@ async def test_interceptors_modify_acknowledge_and_survive_errors(broker, topic_
     assert all(s.headers == (("intercepted", b"1"),) for s in stored)
 
 
-async def test_interceptor_acknowledgement_reports_failures(broker, topic_name):
+async def test_interceptor_acknowledgement_reports_failures(kafka_proxy, topic_name):
+    """The proxy holds the Produce answer, so stop() must fail the record; the interceptor hears of it."""
     recorder = Recorder()
-    producer = Producer(broker.bootstrap, linger_ms=10_000, interceptors=[recorder])
+    producer = Producer(kafka_proxy.bootstrap, linger_ms=1, interceptors=[recorder])
     await producer.start()
-    handle = await producer.send(topic_name, b"x", partition=0)
-    # Nothing flushes it within stop's timeout? It does: stop() flushes. Fail it by closing without time.
-    await producer.stop(timeout=0)
-    assert handle.done()
-    await asyncio.sleep(0.01)
-    assert len(recorder.acks) == 1
-    metadata, error = recorder.acks[0]
-    if error is None:  # delivered by the flush before the zero timeout was noticed
-        assert metadata.topic == topic_name
-    else:
-        assert metadata is None and isinstance(error, errors.ProducerClosedError)
+    try:
+        await producer.partitions_for(topic_name)
+        kafka_proxy.hold_responses(api="Produce", count=None)
+        handle = await producer.send(topic_name, b"x", partition=0)
+        assert await kafka_proxy.wait_for_async(lambda: kafka_proxy.held("Produce") == 1)
+        await asyncio.wait_for(producer.stop(timeout=0), NO_HANG)
+    finally:
+        kafka_proxy.release_held()
+    assert handle.done() and isinstance(handle.exception(), errors.ProducerClosedError)
+    assert await kafka_proxy.wait_for_async(lambda: len(recorder.acks) >= 1)  # done callbacks run soon after
+    [(metadata, error)] = recorder.acks
+    assert metadata is None and isinstance(error, errors.ProducerClosedError)
+    assert error is handle.exception()
 
 
 async def test_str_value_needs_a_serializer(broker, topic_name):

@@ -7,7 +7,7 @@ is never exceeded, blocked senders get through in FIFO order, and cancelling the
 from __future__ import annotations
 
 import asyncio
-import time
+import enum
 
 import pytest
 
@@ -75,11 +75,12 @@ async def test_bad_headers_and_topic(broker, topic_name):
 async def test_unknown_topic_without_auto_create(broker, topic_name):
     async with Producer(broker.bootstrap, allow_auto_create_topics=False, max_block_ms=300,
                         linger_ms=1) as producer:
-        started = time.monotonic()
-        with pytest.raises(errors.KafkaError, match=topic_name) as info:
+        # It waited max_block_ms for the topic to appear (the message says so), and the cause is the
+        # broker's answer that it does not know the topic.
+        with pytest.raises(errors.KafkaTimeoutError,
+                           match=rf"topic '{topic_name}' not present in metadata .*\(max_block_ms=300\)") as info:
             await asyncio.wait_for(producer.send(topic_name, value=b"v"), NO_HANG)
-        assert time.monotonic() - started >= 0.25  # it waited max_block_ms for the topic to appear
-        assert isinstance(info.value, (errors.UnknownTopicOrPartitionError, errors.KafkaTimeoutError))
+        assert isinstance(info.value.__cause__, errors.UnknownTopicOrPartitionError), repr(info.value.__cause__)
         # Still usable for a topic that exists (the session broker auto-creates for other producers).
         async with Producer(broker.bootstrap, linger_ms=1) as other:
             await other.send_and_wait(topic_name + "-exists", b"create it")
@@ -101,6 +102,65 @@ async def test_partitioner_out_of_range_is_refused(broker, topic_name):
         with pytest.raises(ValueError, match=topic_name):
             await producer.send(topic_name, value=b"v")
         await _still_usable(producer, topic_name)
+
+
+# Each bad argument once where send()'s fast path would otherwise take the record (an open batch on the
+# partition, or on the sticky one for keyless records): it must decline, and the general path refuse by name.
+BAD_ARGUMENTS = [
+    ("timestamp negative", dict(timestamp_ms=-5), ValueError, r"timestamp_ms for topic '.*' must be >= 0 .*got -5"),
+    ("timestamp int64 overflow", dict(timestamp_ms=1 << 63), ValueError, r"timestamp_ms .*does not fit .*int64"),
+    ("timestamp str", dict(timestamp_ms="1700000000000"), TypeError,
+     r"timestamp_ms for topic '.*' must be an int or None, got str '1700000000000'"),
+    ("timestamp float", dict(timestamp_ms=1.7e12), TypeError, r"timestamp_ms .*got float 1700000000000.0"),
+    ("timestamp bool", dict(timestamp_ms=True), TypeError, r"timestamp_ms .*got bool True"),
+    ("partition str", dict(partition="0"), TypeError, r"partition for topic '.*' must be an int or None, got str '0'"),
+    ("partition float", dict(partition=0.0), TypeError, r"partition .*got float 0.0"),
+    ("partition bool", dict(partition=False), TypeError, r"partition .*got bool False"),
+    ("headers not a list", dict(headers={"k": b"v"}), TypeError,
+     r"headers for topic '.*' must be a list or tuple of \(str, bytes \| None\) pairs, got dict"),
+    ("header value int", dict(headers=[("ok", b"1"), ("k", 5)]), TypeError, r"headers\[1\] .*\('k', 5\)"),
+    ("header not a pair", dict(headers=[("k",)]), TypeError, r"headers\[0\] .*\('k',\)"),
+    ("header key int", dict(headers=[(7, b"v")]), TypeError, r"headers\[0\] .*\(7, b'v'\): header key"),
+]
+
+
+@pytest.mark.parametrize("keyless", [False, True], ids=["partition-0", "keyless"])
+async def test_bad_arguments_are_refused_by_name_and_nothing_is_written(broker, topic_name, keyless):
+    good = dict(timestamp_ms=1_700_000_000_000) if keyless else dict(partition=0, timestamp_ms=1_700_000_000_000)
+    async with Producer(broker.bootstrap, linger_ms=60_000) as producer:
+        n = len(await producer.partitions_for(topic_name))
+        sent = [b"good"]
+        partition = (await producer.send(topic_name, sent[0], **good)).completion.partition
+        for name, bad, error, message in BAD_ARGUMENTS:
+            if keyless and "partition" in bad:
+                continue
+            # The fast path would take a plain record right now: the partition's batch is open.
+            assert producer._appender.open_batch(topic_name, partition) is not None
+            with pytest.raises(error, match=message):
+                await producer.send(topic_name, b"bad: " + name.encode(), **{**good, **bad})
+            sent.append(b"good after " + name.encode())
+            await producer.send(topic_name, sent[-1], **good)
+        await asyncio.wait_for(producer.flush(), NO_HANG)
+        assert producer.metrics()["buffer_used_bytes"] == 0
+    stored = await read_back_async(broker.bootstrap, topic_name, range(n), len(sent))
+    assert [s.value for s in stored] == sent  # one partition, in order; no refused record among them
+    assert {(s.partition, s.timestamp) for s in stored} == {(partition, 1_700_000_000_000)}
+
+
+async def test_integer_types_are_taken_for_partition_and_timestamp(broker, topic_name):
+    """Int subclasses (and other operator.index types) are taken as their value; only bool is refused."""
+    class Partition(enum.IntEnum):
+        THIRD = 2
+
+    class Millis(int):
+        pass
+
+    async with Producer(broker.bootstrap, linger_ms=1) as producer:
+        meta = await producer.send_and_wait(topic_name, b"v", partition=Partition.THIRD,
+                                            timestamp_ms=Millis(1_700_000_000_123))
+    assert meta.partition == 2 and meta.timestamp == 1_700_000_000_123
+    stored = await read_back_async(broker.bootstrap, topic_name, [2], 1)
+    assert [(s.partition, s.value, s.timestamp) for s in stored] == [(2, b"v", 1_700_000_000_123)]
 
 
 async def test_send_after_stop(broker, topic_name):
@@ -145,11 +205,9 @@ async def test_broker_down_fails_within_delivery_timeout(fresh_broker, topic_nam
     await producer.start()
     try:
         await producer.send_and_wait(topic_name, b"up", partition=0)
-        fresh_broker.stop()
-        started = time.monotonic()
+        await asyncio.to_thread(fresh_broker.stop)  # not on the loop: the producer keeps running meanwhile
         with pytest.raises(errors.KafkaTimeoutError, match=f"{topic_name}-0"):
             await asyncio.wait_for(producer.send_and_wait(topic_name, b"down", partition=0), NO_HANG)
-        assert time.monotonic() - started < NO_HANG
         # Several records in flight or queued: all fail, none hangs.
         handles = [await producer.send(topic_name, b"down%d" % i, partition=i % 4) for i in range(20)]
         results = await asyncio.wait_for(asyncio.gather(*handles, return_exceptions=True), NO_HANG)
@@ -167,7 +225,7 @@ async def test_broker_down_before_first_send_of_new_topic(fresh_broker, topic_na
     producer = Producer(fresh_broker.bootstrap, linger_ms=1, delivery_timeout_ms=2000, request_timeout_ms=1000,
                         max_block_ms=800)
     await producer.start()
-    fresh_broker.stop()
+    await asyncio.to_thread(fresh_broker.stop)  # not on the loop: the producer keeps running meanwhile
     with pytest.raises(errors.KafkaError):
         await asyncio.wait_for(producer.send(topic_name, b"v"), NO_HANG)
     await asyncio.wait_for(producer.stop(timeout=1), NO_HANG)
@@ -242,11 +300,13 @@ async def test_blocked_senders_get_through_in_fifo_order(broker, topic_name):
             await asyncio.sleep(0)  # each task queues before the next one starts
         await asyncio.sleep(0.05)
         assert order == []  # all blocked on the full buffer
-        deadline = time.monotonic() + NO_HANG
-        while not all(t.done() for t in tasks) and time.monotonic() < deadline:
-            await producer.flush(NO_HANG)  # frees memory; the granted waiters fill it again, and so on
-            assert producer.metrics()["buffer_used_bytes"] <= BUFFER
-            await asyncio.sleep(0)
+        async def drain():
+            while not all(t.done() for t in tasks):
+                await producer.flush(NO_HANG)  # frees memory; the granted waiters fill it again, and so on
+                assert producer.metrics()["buffer_used_bytes"] <= BUFFER
+                await asyncio.sleep(0)
+
+        await asyncio.wait_for(drain(), NO_HANG)  # a guard against a hang only
         handles = await asyncio.gather(*tasks)
         await producer.flush()
         assert order == list(range(30))
@@ -287,9 +347,18 @@ async def test_cancelled_blocked_senders_leave_no_trace(broker, topic_name):
         while not all(t.done() for t in tasks):
             await producer.flush(NO_HANG)
             await asyncio.sleep(0)
-        handles = [t.result() for t in tasks if not t.cancelled()]
-        assert len(handles) >= 4
+        # 0, 2, 4, 6 and 8 were cancelled while blocked; 1 was cancelled as memory freed (it may have got
+        # its memory and appended first, then its cancel() came too late). Their neighbours went on.
+        assert all(tasks[i].cancelled() for i in (0, 2, 4, 6, 8))
+        survivors = [i for i, t in enumerate(tasks) if not t.cancelled()]
+        assert survivors in ([3, 5, 7, 9], [1, 3, 5, 7, 9]), survivors
+        handles = [tasks[i].result() for i in survivors]
         await producer.flush(NO_HANG)
         assert producer.metrics()["buffer_used_bytes"] == 0  # cancelled reservations were given back
-        assert all(h.result().offset >= 0 for h in handles)
+        metas = [h.result() for h in handles]
+        assert all(m.partition == 2 and m.offset >= 0 for m in metas)
         await _still_usable(producer, topic_name)
+    # In the log: the survivors' records, in their order, at the offsets they were told; no cancelled one.
+    stored = await read_back_async(broker.bootstrap, topic_name, [2], len(survivors))
+    assert [s.value for s in stored] == [b"c%d" % i + b"c" * 998 for i in survivors]
+    assert [s.offset for s in stored] == [m.offset for m in metas]

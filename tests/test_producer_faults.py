@@ -5,14 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import pytest
 
 from aiokprod import Producer, errors
-from aiokprod.cluster import Cluster
-from aiokprod.connection import BrokerConnection
-from aiokprod.protocol import ProduceRequest
 from log_reader import read_batches
 
 NO_HANG = 20.0
@@ -83,39 +79,58 @@ async def test_leader_move_with_a_batch_in_flight_keeps_order(broker, two_broker
 
 async def test_send_waiting_for_metadata_fails_when_stop_runs(broker, two_brokers, topic_name):
     proxy = two_brokers
-    producer = Producer(proxy.bootstrap, linger_ms=1, max_block_ms=8000)
+    # max_block_ms is far beyond the hang guard: only stop() can end the wait in time.
+    producer = Producer(proxy.bootstrap, linger_ms=1, max_block_ms=120_000)
     await producer.start()
-    proxy.delay_responses(1.0, api="Metadata", count=None)
+    proxy.hold_responses(api="Metadata", count=None)
     try:
         task = asyncio.ensure_future(producer.send(topic_name, b"x"))
-        await asyncio.sleep(0.1)
-        started = time.monotonic()
-        await producer.stop()
+        assert await proxy.wait_for_async(lambda: proxy.held("Metadata") >= 1)
+        assert not task.done()  # waiting for the topic's metadata, which the proxy holds
+        await asyncio.wait_for(producer.stop(), NO_HANG)
         with pytest.raises(errors.ProducerClosedError):
             await asyncio.wait_for(task, NO_HANG)
-        assert time.monotonic() - started < 5.0  # not the 8 s of max_block_ms
     finally:
         proxy.clear_faults()
+        proxy.release_held()
 
 
-async def test_send_resuming_after_stop_does_not_append(broker, topic_name):
-    """Metadata lands just as stop() runs: the send must fail, not append a batch nobody will send."""
-    producer = Producer(broker.bootstrap, linger_ms=1)
+async def test_send_resuming_after_stop_does_not_append(broker, two_brokers, topic_name):
+    """Metadata lands while stop() runs (it waits for a record in flight): the send must fail, not append a
+    batch nobody will send. The proxy holds both answers and lets the Metadata one go first."""
+    proxy = two_brokers
+    warm = topic_name + "-warm"
+    async with Producer(broker.bootstrap, linger_ms=1) as creator:
+        await creator.send_and_wait(warm, b"create it")
+    producer = Producer(proxy.bootstrap, linger_ms=1, max_block_ms=120_000)
     await producer.start()
-    original = Cluster._apply
-    stopper = []
-
-    def apply(self, response):
-        original(self, response)
-        if topic_name in self.topics and not stopper:
-            stopper.append(asyncio.ensure_future(producer.stop()))
-
-    producer._cluster._apply = apply.__get__(producer._cluster)
-    with pytest.raises(errors.ProducerClosedError):
-        await producer.send(topic_name, b"x")
-    await stopper[0]
-    assert producer.metrics()["buffer_used_bytes"] == 0
-    assert not list(producer._accumulator.all_batches())
+    try:
+        await producer.send_and_wait(warm, b"w0", partition=0)  # node 1's connection open
+        await producer.send_and_wait(warm, b"w1", partition=1)  # node 2's
+        proxy.hold_responses(api="Produce", node_id=2)
+        in_flight = await producer.send(warm, b"in flight", partition=1)
+        assert await proxy.wait_for_async(lambda: proxy.held("Produce") == 1)
+        # Metadata goes to the least busy connection (node 1's), so it is not queued behind the Produce.
+        proxy.hold_responses(api="Metadata", count=None)
+        late = asyncio.ensure_future(producer.send(topic_name, b"x"))
+        assert await proxy.wait_for_async(lambda: proxy.held("Metadata") >= 1)
+        stopping = asyncio.ensure_future(producer.stop())
+        await asyncio.sleep(0.05)
+        assert not stopping.done() and not late.done()  # stop() is flushing: the Produce answer is held
+        proxy.release_held("Metadata")
+        with pytest.raises(errors.ProducerClosedError, match="closing"):
+            await asyncio.wait_for(late, NO_HANG)
+        assert not stopping.done()  # the metadata landed while stop() was still running
+        proxy.release_held("Produce")
+        await asyncio.wait_for(stopping, NO_HANG)
+        assert (await in_flight).partition == 1
+        assert producer.metrics()["buffer_used_bytes"] == 0
+    finally:
+        proxy.clear_faults()
+        proxy.release_held()
+        await producer.stop()
+    assert await _log(broker, topic_name, 0) == [] and await _log(broker, topic_name, 3) == []
+    assert proxy.produce_count(topic_name) == 0  # nothing for the late topic ever left the client
 
 
 async def test_acks_zero_has_back_pressure_when_the_broker_stalls(fresh_broker, topic_name):
@@ -140,19 +155,16 @@ async def test_acks_zero_has_back_pressure_when_the_broker_stalls(fresh_broker, 
             os.kill(fresh_broker._process.pid, signal.SIGCONT)
 
 
-async def test_zstd_on_a_broker_without_produce_v7_fails_clearly_and_does_not_hang(broker, topic_name, monkeypatch):
-    original = BrokerConnection.version_for
-
-    def capped(self, message_class, low=None, high=None):
-        version = original(self, message_class, low, high)
-        return min(version, 6) if message_class is ProduceRequest else version
-
-    monkeypatch.setattr(BrokerConnection, "version_for", capped)  # a broker before Kafka 2.1
-    async with Producer(broker.bootstrap, compression_type="zstd", linger_ms=1) as producer:
+async def test_zstd_on_a_broker_without_produce_v7_fails_clearly_and_does_not_hang(two_brokers, topic_name):
+    proxy = two_brokers
+    proxy.cap_version("Produce", 6)  # a broker before Kafka 2.1 (zstd came with Produce v7)
+    async with Producer(proxy.bootstrap, compression_type="zstd", linger_ms=1) as producer:
         for value in (b"one", b"two"):
             handle = await producer.send(topic_name, value, partition=0)
             with pytest.raises(errors.UnsupportedVersionError, match="zstd needs Produce v7"):
                 await asyncio.wait_for(handle, NO_HANG)
+    assert proxy.events["version_capped"] >= 1  # the client negotiated against the capped answer
+    assert proxy.count("Produce") == 0  # and refused before writing anything
 
 
 async def test_a_failing_sender_fails_records_instead_of_hanging(broker, topic_name, monkeypatch, caplog):

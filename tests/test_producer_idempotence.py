@@ -2,6 +2,8 @@
 acknowledgement is lost, and recovery when the broker forgets the producer (restart)."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from aiokprod import Producer
@@ -67,7 +69,7 @@ async def test_recovers_when_broker_forgets_the_producer(fresh_broker, topic_nam
                         retry_backoff_ms=20, delivery_timeout_ms=20000) as producer:
         first = await producer.send_and_wait(topic_name, b"before", partition=0)
         old_id = producer._sender.manager.producer_id
-        fresh_broker.restart()
+        await asyncio.to_thread(fresh_broker.restart)  # not on the loop: the producer keeps running meanwhile
         after = await producer.send_and_wait(topic_name, b"after", partition=0)
         more = [await producer.send(topic_name, b"more-%d" % i, partition=0) for i in range(50)]
         await producer.flush()

@@ -12,6 +12,8 @@ import asyncio
 
 from aiokprod import Producer
 from helpers import java_partition, JAVA_MURMUR2, read_back_async
+from kip794 import JavaSticky
+from log_reader import read_batches
 from proxy_fixtures import kafka_proxy  # noqa: F401
 
 async def test_keyed_records_land_where_java_puts_them(broker, topic_name):
@@ -41,8 +43,9 @@ async def test_keyless_records_spread_over_partitions(broker, topic_name):
     counts = {p: 0 for p in range(n)}
     for m in metas:
         counts[m.partition] += 1
-    # ~300 * 180 bytes / 512 = ~100 switches, each to another partition chosen uniformly: all 4 are used
-    # (the chance that one is never picked is about 4 * (2/3)^100).
+    # 4 records of 109 bytes fill a 512-byte batch, the 5th opens the next: a switch every 5 records (KIP-794,
+    # see test_keyless_cadence_is_javas), ~60 switches, each to another partition chosen uniformly: all 4 are
+    # used (the chance that one is never picked is about 4 * (2/3)^60).
     assert all(c > 0 for c in counts.values()), counts
     # Sticky: consecutive records mostly stay together (not one record per partition in turn).
     changes = sum(1 for a, b in zip(metas, metas[1:]) if a.partition != b.partition)
@@ -154,3 +157,34 @@ async def test_keyed_records_do_not_move_the_sticky_partition(broker, topic_name
         moved = [await producer.send(topic_name, b"s" * 100) for _ in range(12)]  # keyless bytes do
         await producer.flush()
         assert len({h.result().partition for h in moved}) > 1
+
+
+async def test_keyless_cadence_is_javas(broker, topic_name):
+    """KIP-794 as the Java client counts: keyless records stay on a partition until the bytes they added to
+    its batches (a new batch's header included) reach batch_size. The partitions the broker reported and the
+    batches in its log are replayed through tests/kip794.py (record sizes from kafka-python's encoder): every
+    switch happens on the record the model switches after, and every batch holds what the model put in it."""
+    import random
+
+    rng = random.Random(794)
+    batch_size, timestamp = 2048, 1_700_000_000_000
+    values = [b"v" * rng.choice([0, 10, 10, 60, 100, 300]) for _ in range(1500)]
+    async with Producer(broker.bootstrap, batch_size=batch_size, linger_ms=60_000,
+                        buffer_memory=64 << 20) as producer:
+        n = len(await producer.partitions_for(topic_name))
+        # No await that yields in this loop (metadata is cached, memory plentiful): the sender drains
+        # nothing until flush(), so every batch is as the appends left it.
+        handles = [await producer.send(topic_name, value, timestamp_ms=timestamp) for value in values]
+        await asyncio.wait_for(producer.flush(), 30)
+    partitions = [h.result().partition for h in handles]
+    java = JavaSticky(batch_size)
+    switches = 0
+    for i, (partition, value) in enumerate(zip(partitions, values)):
+        switched = java.keyless(partition, timestamp, value)
+        if i + 1 < len(values):
+            assert switched == (partitions[i + 1] != partition), (i, partition, partitions[i + 1])
+        switches += switched
+    assert switches > 20  # ~1500 x 85 bytes / 2048
+    for p in range(n):
+        batches = await read_batches(broker.host, broker.port, topic_name, p)
+        assert [len(b.records) for b in batches] == java.batches.get(p, []), p

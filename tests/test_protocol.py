@@ -21,7 +21,10 @@ from aiokprod.errors import CorruptFrameError, UnsupportedVersionError
 from aiokprod.protocol.produce import encode_produce_request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCHEMAS = os.path.join(REPO, "..", "shared", "kafka-protocol")
+# The committed copy the generator reads (tools/kafka-protocol), and the project's reference data it was
+# copied from (present next to the main checkout, not in CI).
+SCHEMAS = os.path.join(REPO, "tools", "kafka-protocol")
+SHARED_SCHEMAS = os.path.join(REPO, "..", "shared", "kafka-protocol")
 
 ALL_CLASSES = [c for pair in proto.MESSAGES.values() for c in pair] + [proto.RequestHeader,
                                                                        proto.ResponseHeader]
@@ -98,13 +101,24 @@ def instances(cls, version, top=None, depth=0, tagged=True):
 # freshness
 # ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not os.path.isdir(SCHEMAS), reason="kafka-protocol schemas not present")
 def test_generated_modules_are_fresh(tmp_path):
     subprocess.run([sys.executable, os.path.join(REPO, "tools", "gen_protocol.py"), "--schemas", SCHEMAS,
                     "--out-dir", str(tmp_path)], check=True, capture_output=True)
     for rel in ("aiokprod/protocol/_generated.py", "aiokprod/_error_codes.py"):
         assert filecmp.cmp(tmp_path / rel, os.path.join(REPO, rel), shallow=False), (
             f"{rel} is stale: run `python tools/gen_protocol.py` and commit the result")
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_SCHEMAS), reason="no ../shared/kafka-protocol next to this checkout")
+def test_committed_schemas_are_the_reference_ones():
+    """The committed copy is the reference data, unchanged, and holds every request schema it has (the
+    header tables are built from all of them)."""
+    committed = os.path.join(SCHEMAS, "message")
+    shared = os.path.join(SHARED_SCHEMAS, "message")
+    requests = sorted(f for f in os.listdir(shared) if f.endswith("Request.json"))
+    assert requests and set(requests) <= set(os.listdir(committed))
+    for rel in [os.path.join("message", f) for f in sorted(os.listdir(committed))] + ["error-codes.tsv"]:
+        assert filecmp.cmp(os.path.join(SCHEMAS, rel), os.path.join(SHARED_SCHEMAS, rel), shallow=False), rel
 
 
 # ------------------------------------------------------------------------------------------------------

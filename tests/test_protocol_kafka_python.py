@@ -16,13 +16,12 @@ from hypothesis import strategies as st
 import aiokprod.protocol as proto
 from test_protocol import instances
 
-old = pytest.importorskip("kafka.protocol.old")
-from kafka.protocol.old import (  # noqa: E402
+from kafka.protocol.old import (  # kafka-python is pinned in the test extra: an oracle, never skipped
     add_offsets_to_txn, add_partitions_to_txn, admin, api_versions, end_txn, find_coordinator,
     init_producer_id, list_offsets, metadata, produce, sasl_authenticate, sasl_handshake,
     txn_offset_commit,
 )
-from kafka.protocol.old.types import Array, BitField, Schema, TaggedFields  # noqa: E402
+from kafka.protocol.old.types import Array, BitField, Schema, TaggedFields
 
 OLD_MODULES = {
     "ApiVersions": api_versions, "Metadata": metadata, "Produce": produce,

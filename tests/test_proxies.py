@@ -11,6 +11,7 @@ import time
 import uuid
 
 import confluent_kafka
+import kafka
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
@@ -154,6 +155,7 @@ def test_tls_proxy_stops_cleanly(broker):
     port, directory = proxy.port, proxy.certificates.directory
     proxy.stop()
     proxy.stop()  # idempotent
+    proxy.raise_if_failed()
     import os
     import socket
 
@@ -200,7 +202,6 @@ def test_sasl_confluent_wrong_password_fails(sasl_broker):
 
 
 def test_sasl_kafka_python_plain(sasl_broker):
-    kafka = pytest.importorskip("kafka")
     topic = unique_topic("sasl-kp")
     producer = kafka.KafkaProducer(
         bootstrap_servers=sasl_broker.bootstrap, security_protocol="SASL_PLAINTEXT",
@@ -308,7 +309,6 @@ def test_kafka_proxy_metadata_shows_three_brokers(kafka_proxy):
 
 
 def test_kafka_proxy_routes_produce_to_leaders_kafka_python(kafka_proxy):
-    kafka = pytest.importorskip("kafka")
     topic = unique_topic("kp-route")
     producer = kafka.KafkaProducer(bootstrap_servers=kafka_proxy.bootstrap)
     try:
@@ -416,11 +416,32 @@ def test_kafka_proxy_delay(kafka_proxy):
     topic = unique_topic("kp-delay")
     conf = {"bootstrap.servers": kafka_proxy.bootstrap}
     produce(conf, topic, [b"warm-up"], partition=0)  # metadata and connections in place
-    kafka_proxy.delay_responses(1.0, api="Produce")
-    start = time.monotonic()
+    kafka_proxy.delay_responses(0.2, api="Produce")
     produce(conf, topic, [b"slow"], partition=0)
-    assert time.monotonic() - start >= 1.0
-    assert kafka_proxy.events["delayed"] == 1
+    assert kafka_proxy.events["delayed"] == 1  # the answer went through the delay, then arrived
+
+
+def test_kafka_proxy_holds_an_answer_until_released(kafka_proxy):
+    """While the proxy holds the Produce answer, the client has no delivery report; after release it does.
+    (What a delay does, without measuring time.)"""
+    topic = unique_topic("kp-hold")
+    conf = {"bootstrap.servers": kafka_proxy.bootstrap}
+    produce(conf, topic, [b"warm-up"], partition=0)  # metadata and connections in place
+    kafka_proxy.hold_responses(api="Produce")
+    producer = confluent_kafka.Producer({**QUIET, **conf})
+    reports = []
+    producer.produce(topic, value=b"held", partition=0, on_delivery=lambda e, m: reports.append((e, m.offset())))
+
+    def held_once_polled():
+        producer.poll(0.05)  # librdkafka sends from its own thread; poll serves callbacks meanwhile
+        return kafka_proxy.held("Produce") == 1
+
+    assert kafka_proxy.wait_for(held_once_polled)
+    assert producer.flush(0.2) == 1 and reports == []  # the broker wrote it; the client does not know yet
+    kafka_proxy.release_held("Produce")
+    assert producer.flush(20) == 0
+    assert [(e, o) for e, o in reports] == [(None, 1)]
+    assert kafka_proxy.events["held"] == 1 and kafka_proxy.held() == 0
 
 
 async def test_kafka_proxy_from_async_test_mixed_partitions(kafka_proxy):
@@ -489,5 +510,24 @@ def test_kafka_proxy_stop_is_clean(broker):
     for port in ports:
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    assert proxy.errors == []
+    proxy.raise_if_failed()
     del producer
+
+
+async def test_a_proxy_that_raised_fails_its_with_block(broker):
+    """Every proxy fixture ends its ``with`` block; an exception in the proxy itself must fail the test
+    there, not vanish into the proxy's thread. Here the leader function names a node that does not exist."""
+    from aiokprod.connection import BrokerConnection
+    from aiokprod.errors import KafkaConnectionError
+
+    with pytest.raises(AssertionError, match=r"KafkaProxy raised 1 exception\(s\): ValueError: leader function returned node 9"):
+        async with KafkaProxy(broker.host, broker.port, num_brokers=2) as proxy:
+            proxy.set_leader_fn(lambda topic, partition: 9)
+            connection = await BrokerConnection.open(proxy.host, proxy.ports[0], request_timeout_ms=5000)
+            try:
+                request = proto.MetadataRequest(topics=[proto.MetadataRequest.MetadataRequestTopic(name=unique_topic("kp-bad"))])
+                with pytest.raises(KafkaConnectionError):  # the proxy's handler died and closed the connection
+                    await asyncio.wait_for(connection.request(request, 12), 10)
+            finally:
+                connection.close()
+            assert len(proxy.errors) == 1

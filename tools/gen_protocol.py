@@ -5,8 +5,8 @@ Usage::
 
     python tools/gen_protocol.py [--schemas DIR] [--out-dir REPO_ROOT]
 
-``--schemas`` defaults to ``<repo>/../shared/kafka-protocol`` (it holds ``message/*.json`` and
-``error-codes.tsv``). Writes ``aiokprod/protocol/_generated.py`` and ``aiokprod/_error_codes.py`` under
+``--schemas`` defaults to the committed copy ``<repo>/tools/kafka-protocol`` (``message/*.json`` and
+``error-codes.tsv``, copied from the project's reference data; see its README). Writes ``aiokprod/protocol/_generated.py`` and ``aiokprod/_error_codes.py`` under
 ``--out-dir`` (default: the repository). The output is deterministic, so the test suite regenerates
 into a temporary directory and compares to check the committed files are fresh.
 
@@ -23,7 +23,7 @@ import re
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_SCHEMAS = os.path.join(REPO, "..", "shared", "kafka-protocol")
+DEFAULT_SCHEMAS = os.path.join(REPO, "tools", "kafka-protocol")
 
 #: The message pairs (and headers) we generate. Every *Request.json still feeds the header tables.
 MESSAGES = [

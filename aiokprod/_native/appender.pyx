@@ -14,14 +14,21 @@ What the fast path needs, kept per topic in a :class:`_Topic`:
 
 - the topic's partition count, re-read only when the metadata cache holds a new ``TopicInfo`` object (the
   cluster replaces it on every refresh, never mutates it);
-- the keyless "uniform sticky" state (KIP-794): the sticky partition and the bytes appended to it. This is
-  the ONE copy of that state: ``DefaultPartitioner`` reads and updates it through :meth:`sticky_partition`
-  and :meth:`record_appended`, so both paths switch at the same byte, with the same random draws;
+- the keyless "uniform sticky" state (KIP-794): the sticky partition and the bytes appended to it, counted
+  as the Java client counts them: what each record added to its batch (the growth of the builder's
+  ``size_in_bytes``; the whole batch, 61-byte header included, for a record that opened a new one), not its
+  upper-bound size. This is the ONE copy of that state: ``DefaultPartitioner`` reads and updates it through
+  :meth:`sticky_partition` and :meth:`record_appended`, so both paths switch at the same byte, with the same
+  random draws;
 - per partition, the open batch (an :class:`_OpenBatch`: its queue's deque, the batch, its builder and its
   completion), set by the accumulator when it opens a batch and cleared whenever that batch stops taking
   records (full, drained, expired, settled). The fast path also checks that the batch is still the tail of
   its partition's deque: a cheap guard that a queue changed behind the accumulator's back (the sender pops
   and clears deques) can never make us append to a batch that is gone.
+
+Odd input (a negative, out-of-range or non-int timestamp, a partition that is not an int, headers that are
+not already (str | bytes, bytes | None) pairs in a list or tuple) is declined too: the general path raises
+the error that names it.
 
 Memory: a record appended to an open batch needs no ``buffer_memory`` (the batch reserved its buffer when it
 was made), exactly as ``RecordAccumulator.try_append``; and while senders are queued for memory nothing is
@@ -30,10 +37,11 @@ appended, so nobody overtakes them.
 cimport cython
 
 from aiokprod._native._murmur2 cimport murmur2_bytes
+from aiokprod._native.codec cimport RecordBatchBuilder
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
-from cpython.long cimport PyLong_CheckExact, PyLong_FromLongLong
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact, PyLong_FromLongLong
 from cpython.object cimport PyObject
 from cpython.sequence cimport PySequence_GetItem
 from cpython.unicode cimport PyUnicode_CheckExact
@@ -98,7 +106,7 @@ cdef class _OpenBatch:
 
     cdef object batches      # the PartitionQueue's deque; the batch must still be its tail
     cdef object batch
-    cdef object builder
+    cdef RecordBatchBuilder builder  # typed: its _len is read without a call (bytes each record added)
     cdef object completion
     # The classes' own functions, called with the object as first argument: a direct vectorcall, where
     # builder.append(...) would first look the method up on the type (~10 ns each, per record).
@@ -113,7 +121,7 @@ cdef class _Topic:
     cdef object info                # the TopicInfo num_partitions was read from (None: not yet)
     cdef Py_ssize_t num_partitions
     cdef Py_ssize_t sticky          # the keyless sticky partition, -1 before the first keyless record
-    cdef Py_ssize_t sticky_bytes    # bytes appended to it since it was chosen
+    cdef Py_ssize_t sticky_bytes    # bytes its records added to its batches since it was chosen
     cdef list open                  # partition -> _OpenBatch or None
 
     def __cinit__(self):
@@ -171,8 +179,9 @@ cdef class RecordAppender:
         cdef PyObject* found
         cdef _Topic state
         cdef _OpenBatch slot
-        cdef Py_ssize_t n, p, klen, vlen, size
+        cdef Py_ssize_t n, p, klen, vlen, size, before
         cdef long long now
+        cdef int overflow
         if not self.enabled or not PyUnicode_CheckExact(topic):
             return None
         found = PyDict_GetItem(self._topics, topic)
@@ -238,9 +247,12 @@ cdef class RecordAppender:
             size = (_FIXED_SIZE + aiokprod_length_varint_size(klen) + (klen if klen > 0 else 0)
                     + aiokprod_length_varint_size(vlen) + (vlen if vlen > 0 else 0))
         elif type(headers) is list or type(headers) is tuple:
-            # Validates the headers too: a bad one raises the TypeError send()'s slow path would raise at
-            # the same point, before anything was appended.
-            size = _size_bound(key, value, headers)
+            # Validates the headers too; bad ones (or ones that need converting) are the general path's to
+            # refuse (or convert), with an error naming the header.
+            try:
+                size = _size_bound(key, value, headers)
+            except (TypeError, ValueError):
+                return None
         else:
             return None
         if size > self._max_record_size:
@@ -250,14 +262,21 @@ cdef class RecordAppender:
             timestamp_ms = PyLong_FromLongLong(now) if now >= 0 else int(_clock() * 1000)
         elif not PyLong_CheckExact(timestamp_ms):
             return None
+        else:
+            # Only when the caller gave one: Kafka timestamps are int64 and, as in the Java client, >= 0.
+            now = PyLong_AsLongLongAndOverflow(timestamp_ms, &overflow)
+            if now < 0 or overflow:
+                return None
+        before = slot.builder._len
         if not slot.append(slot.builder, timestamp_ms, key, value, headers):
             # Full. The slow path's try_append finds it so again, marks it closed and wakes the sender.
             return None
         handle = slot.add(slot.completion, timestamp_ms)
         if partition is None and klen < 0 and p == state.sticky:
             # DefaultPartitioner.record_appended, which send() calls for the records the sticky partitioner
-            # placed (keyless, no partition given): as in Java's KIP-794, only they count toward a switch.
-            state.sticky_bytes += size
+            # placed (keyless, no partition given): as in Java's KIP-794, only they count toward a switch,
+            # each with the bytes it added to the batch (the open batch already has its header).
+            state.sticky_bytes += slot.builder._len - before
             if state.sticky_bytes >= self.batch_size:
                 self._switch(state, p, n)
         return handle
@@ -273,7 +292,8 @@ cdef class RecordAppender:
         return state.sticky
 
     def record_appended(self, str topic, Py_ssize_t partition, Py_ssize_t num_bytes, Py_ssize_t num_partitions):
-        """Count bytes on the sticky partition; switch once about a batch's worth went there (KIP-794)."""
+        """Count ``num_bytes`` (what a keyless record added to its batch, the batch header included if it
+        opened the batch) on the sticky partition; switch once a batch's worth went there (KIP-794)."""
         cdef PyObject* found = PyDict_GetItem(self._topics, topic)
         if found is NULL:
             return
@@ -302,10 +322,13 @@ cdef class RecordAppender:
             raise ValueError(f"partition {partition} < 0")
         while PyList_GET_SIZE(state.open) <= partition:
             state.open.append(None)
+        builder = batch.builder
+        if type(builder) is not RecordBatchBuilder:
+            raise TypeError(f"the compiled appender needs the compiled RecordBatchBuilder, got {type(builder)!r}")
         cdef _OpenBatch slot = _OpenBatch.__new__(_OpenBatch)
         slot.batches = batches
         slot.batch = batch
-        slot.builder = batch.builder
+        slot.builder = builder
         slot.completion = batch.completion
         slot.append = type(slot.builder).append
         slot.add = type(slot.completion).add

@@ -1,9 +1,7 @@
-"""Typing stub for the compiled record-batch codec (same API as ``aiokprod._python.codec``)."""
+"""Typing stub for the compiled record-batch codec (``aiokprod._python.codec``'s API less the decoder,
+which is Python in both implementations)."""
 from collections.abc import Sequence
 from typing import Final, final
-
-from aiokprod._python.codec import Record as Record
-from aiokprod._python.codec import RecordBatch as RecordBatch
 
 _BytesLike = bytes | bytearray | memoryview
 _Header = tuple[str | bytes, _BytesLike | None]
@@ -12,8 +10,7 @@ _Headers = Sequence[_Header] | None
 __all__ = (
     "crc32c", "murmur2", "key_partition",
     "encode_varint", "encode_uvarint", "decode_varint", "decode_uvarint", "size_of_varint", "size_of_uvarint",
-    "record_size_upper_bound", "RecordBatchBuilder", "RecordBatch", "Record", "decode_record_batches",
-    "BATCH_HEADER_SIZE", "RECORD_OVERHEAD_MAX",
+    "record_size_upper_bound", "RecordBatchBuilder", "BATCH_HEADER_SIZE", "RECORD_OVERHEAD_MAX",
 )
 
 BATCH_HEADER_SIZE: Final[int]
@@ -29,7 +26,6 @@ def decode_uvarint(data: _BytesLike, pos: int) -> tuple[int, int]: ...
 def size_of_varint(value: int) -> int: ...
 def size_of_uvarint(value: int) -> int: ...
 def record_size_upper_bound(key: _BytesLike | None, value: _BytesLike | None, headers: _Headers) -> int: ...
-def decode_record_batches(data: _BytesLike, allow_partial_tail: bool = False) -> list[RecordBatch]: ...
 
 @final
 class RecordBatchBuilder:

@@ -26,16 +26,16 @@ from libc.string cimport memcpy, memset
 
 from crc32c import crc32c as _crc32c
 
-from aiokprod._python.codec import Record, RecordBatch, decode_record_batches
 from aiokprod.compression import codec_id, compress
 from aiokprod.errors import CorruptRecordError
 
 __all__ = (
     "crc32c", "murmur2", "key_partition",
     "encode_varint", "encode_uvarint", "decode_varint", "decode_uvarint", "size_of_varint", "size_of_uvarint",
-    "record_size_upper_bound", "RecordBatchBuilder", "RecordBatch", "Record", "decode_record_batches",
-    "BATCH_HEADER_SIZE", "RECORD_OVERHEAD_MAX",
+    "record_size_upper_bound", "RecordBatchBuilder", "BATCH_HEADER_SIZE", "RECORD_OVERHEAD_MAX",
 )
+# No record decoder here: the one decoder is Python (aiokprod._python.codec), shared by both
+# implementations through aiokprod.codec. See there for why.
 
 # Batch header, big-endian (61 bytes), back-patched by build():
 #   0 baseOffset int64        8 batchLength int32 (bytes after this field)   12 partitionLeaderEpoch int32
@@ -387,26 +387,7 @@ cdef class RecordBatchBuilder:
     # uncompressed. Until build() hands it out (_published) nobody else can see it, so it is mutable; an
     # uncompressed build() patches the header in place, shrinks it to size and returns it: no copy and no
     # second allocation per batch. Appending after that copies it first (copy-on-write).
-    cdef object _data
-    cdef char* _buf            # PyBytes_AS_STRING(_data)
-    cdef bint _published
-    cdef Py_ssize_t _len
-    cdef Py_ssize_t _cap
-    cdef Py_ssize_t _batch_size
-    cdef int _codec
-    cdef object _level
-    cdef int32_t _count
-    cdef int64_t _first_ts
-    cdef int64_t _max_ts
-    cdef object _payload       # compressed records, valid while _payload_count == _count
-    cdef int32_t _payload_count
-    cdef object _built         # last build() result, valid for the _b_* arguments and _b_count records
-    cdef int64_t _b_offset
-    cdef int64_t _b_pid
-    cdef int16_t _b_epoch
-    cdef int32_t _b_seq
-    cdef bint _b_txn
-    cdef int32_t _b_count
+    # The fields are declared in codec.pxd, so that appender.pyx can read _len.
 
     def __init__(self, compression="none", batch_size=16384, compression_level=None):
         # "none" (the default, and the common case) without a call into compression.codec_id.

@@ -16,6 +16,7 @@ from aiokprod.codec import BATCH_HEADER_SIZE, RECORD_OVERHEAD_MAX, key_partition
 __all__ = ["RecordAppender"]
 
 _FIXED_SIZE = BATCH_HEADER_SIZE + RECORD_OVERHEAD_MAX + 1
+_INT64_MAX = (1 << 63) - 1
 
 
 def _length_varint_size(n: int) -> int:
@@ -135,20 +136,26 @@ class RecordAppender:
             size = (_FIXED_SIZE + _length_varint_size(klen) + (klen if klen > 0 else 0)
                     + _length_varint_size(vlen) + (vlen if vlen > 0 else 0))
         elif type(headers) is list or type(headers) is tuple:
-            size = record_size_upper_bound(key, value, headers)
+            try:
+                size = record_size_upper_bound(key, value, headers)
+            except (TypeError, ValueError):
+                return None  # the general path raises, naming the header
         else:
             return None
         if size > self._max_record_size:
             return None
         if timestamp_ms is None:
             timestamp_ms = int(_time() * 1000)
-        elif type(timestamp_ms) is not int:
+        elif type(timestamp_ms) is not int or not 0 <= timestamp_ms <= _INT64_MAX:
             return None
-        if not slot.builder.append(timestamp_ms, key, value, headers):
+        builder = slot.builder
+        sticky = partition is None and klen < 0  # only records the sticky partitioner placed count
+        before = builder.size_in_bytes if sticky else 0
+        if not builder.append(timestamp_ms, key, value, headers):
             return None
         handle = slot.completion.add(timestamp_ms)
-        if partition is None and klen < 0 and p == state.sticky:  # only records the sticky partitioner placed
-            state.sticky_bytes += size
+        if sticky and p == state.sticky:
+            state.sticky_bytes += builder.size_in_bytes - before  # what the record added to the batch
             if state.sticky_bytes >= self.batch_size:
                 self._switch(state, p, n)
         return handle
