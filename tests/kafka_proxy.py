@@ -453,7 +453,7 @@ class KafkaProxy(ThreadedProxy):
                 if local is not None:
                     self._count_injected(info)
                     future.set_result(self._error_response(info, payload, local))
-                    order.put_nowait((future, delay))
+                    order.put_nowait((future, delay, info.api_key))
                     continue
                 api_error = self._take_fault("error_after_write", info.api_key, node_id)
             if forward is not None:
