@@ -287,6 +287,11 @@ class RecordAccumulator:
         """The batch a drain of ``queue`` would take (its oldest)."""
         return queue.batches[0]
 
+    def head_of(self, topic: str, partition: int) -> Optional[ProducerBatch]:
+        """The oldest queued batch of a partition, or None."""
+        queue = self.queues.get((topic, partition))
+        return queue.batches[0] if queue is not None and queue.batches else None
+
     def drain_head(self, queue: PartitionQueue, node: int) -> ProducerBatch:
         """Take ``queue``'s oldest batch for a request to broker ``node``: it counts as in flight there
         until :meth:`returned`."""

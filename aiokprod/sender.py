@@ -92,8 +92,9 @@ class Sender:
         self._expired_in_flight: set = set()
         self._closing = False
         self._random = random.Random()
+        head = accumulator.head
         self._manager_sendable = lambda queue: manager.sendable(queue.topic, queue.partition,
-                                                                queue.batches[0].base_sequence >= 0)
+                                                                head(queue).base_sequence >= 0)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -515,8 +516,8 @@ class Sender:
         for other in self.in_flight_batches:
             if other.partition == partition and other.topic == topic and other.drain_order < order:
                 return True
-        queue = self.accumulator.queues[(topic, partition)]
-        return bool(queue.batches) and 0 <= self.accumulator.head(queue).drain_order < order
+        head = self.accumulator.head_of(topic, partition)
+        return head is not None and 0 <= head.drain_order < order
 
     def _succeed(self, batch, base_offset: int, log_append_time: int) -> None:
         if self.idempotent:
