@@ -222,7 +222,9 @@ class Sender:
 
     # -- the loop -----------------------------------------------------------------------------------------
     async def _run(self) -> None:
-        while not self._closing:
+        # After a fatal error everything is failed and the producer refuses records: the task ends (it
+        # used to go on asking for a producer id every retry_backoff_ms until stop()).
+        while not self._closing and self.fatal_error is None:
             try:
                 await self._turn()
             except asyncio.CancelledError:
@@ -382,6 +384,11 @@ class Sender:
             if connection.in_flight >= max_in_flight or connection.write_paused:
                 continue  # a response (or resume_writing) will wake us
             self._send_to(connection, node, queues)
+            if connection.in_flight < max_in_flight and any(queue.batches for queue in queues):
+                # A request takes one batch per partition; with a backlog more are ready behind it. Run the
+                # next turn at once rather than wait for a response to wake us, or a backlog only ever has
+                # one or two requests in flight whatever max_in_flight says.
+                next_check = 0.0
         return next_check
 
     def _send_to(self, connection, node: int, queues) -> None:

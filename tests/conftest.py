@@ -34,8 +34,13 @@ def pytest_sessionstart(session):
 
 
 def pytest_asyncio_loop_factories(config, item):
-    """Every async test runs once on asyncio's loop and once on uvloop's."""
-    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    """Every async test runs once on asyncio's loop and once on uvloop's (one of them, for a test marked
+    ``one_loop_per_implementation``)."""
+    factories = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    if item.get_closest_marker("one_loop_per_implementation") is not None:
+        name = "asyncio" if _impl.NO_EXTENSIONS else "uvloop"
+        factories = {name: factories[name]}
+    return factories
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +89,10 @@ _SLOW_CALLBACKS_REPORTED: list[str] = []
 
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "one_loop_per_implementation: a long test run on uvloop with the compiled modules and on "
+        "asyncio's loop with the pure twins, not on both loops each time (CI runs the suite once per "
+        "implementation, so both loops are still covered)")
     # pytest-asyncio runs its loops with debug=False unless told otherwise, whatever PYTHONASYNCIODEBUG
     # says: pass the environment on, so that the variable alone switches debug mode on for every test loop.
     if ASYNCIO_DEBUG:

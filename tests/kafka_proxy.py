@@ -32,14 +32,26 @@ Faults (each applies to the next ``count`` matching requests; ``count=None`` mea
   its answer is replaced (for a Produce, only the matching partitions'): the client is told it failed.
   :attr:`injected` counts them per API name.
 * :meth:`cut_connections`: close every connection now.
+* :meth:`fail_requests`: answer the next non-Produce requests of an API (e.g. InitProducerId) with an
+  error code, without forwarding them (the broker never sees them).
+* :meth:`omit_from_produce_response`: forward a Produce (the write happens) but leave one partition out
+  of the answer, as a buggy or partially failed broker might.
+
 * :meth:`hold_responses`: like a delay, but until :meth:`release_held` (no wall-clock race in the test:
   while :meth:`held` counts a response, the client cannot have its answer).
 * :meth:`cap_version`: advertise at most a given version of an API in ApiVersions answers (an older
   broker), so the client's own version negotiation is what is tested.
 
+Metadata views (until changed again): :meth:`limit_partitions` shows only a topic's first partitions (so a
+later call with ``None`` makes its partition count grow, which Tansu cannot do itself), and
+:meth:`delete_topic` makes a topic look deleted: Metadata answers UNKNOWN_TOPIC_OR_PARTITION for it and
+Produce to it is answered with the same error without reaching the broker. :meth:`restore_topic` undoes it.
+
 Counters (:attr:`requests`, :attr:`produce_partitions`) record what arrived on which virtual broker so
 tests can assert routing; :attr:`forwarded_records` counts the records of the Produce batches the proxy
-passed on to the broker (proof that bytes left the client, acks=0 included); :meth:`wait_for` polls them.
+passed on to the broker (proof that bytes left the client, acks=0 included); :attr:`produce_log` keeps,
+per Produce request, its virtual broker and the (topic, partition, record-set bytes) it carried;
+:attr:`max_outstanding` is the most answers one connection was owed at once; :meth:`wait_for` polls them.
 :meth:`record_requests` keeps the decoded requests of the APIs it names (``recorded["InitProducerId"]``),
 for tests that check what a request said.
 
@@ -70,6 +82,7 @@ from aiokprod.protocol import (
     ApiVersionsResponse,
     decode_response_header,
     FindCoordinatorResponse,
+    InitProducerIdResponse,
     MetadataResponse,
     ProduceRequest,
     ProduceResponse,
@@ -81,6 +94,8 @@ PRODUCE = 0
 METADATA = 3
 API_VERSIONS = 18
 FIND_COORDINATOR = 10
+INIT_PRODUCER_ID = 22
+UNKNOWN_TOPIC_OR_PARTITION = 3
 NOT_LEADER_OR_FOLLOWER = 6
 
 _API_KEYS = {name: key for key, name in API_NAMES.items()}
@@ -104,7 +119,8 @@ def _api_key(api: int | str | None) -> int | None:
 class _Fault:
     """One fault rule. ``None`` in a filter field matches anything."""
 
-    kind: str                     # "delay" | "lose" | "cut_before" | "error" | "api_error" | "error_after_write"
+    kind: str                     # "delay" | "lose" | "cut_before" | "error" | "fail_request" | "omit"
+                                  # | "api_error" | "error_after_write" (inject_error)
     api_key: int | None = None
     node_id: int | None = None
     topic: str | None = None
@@ -136,12 +152,21 @@ _DROP = object()
 _CUT = object()
 
 
+class _AnswerQueue(asyncio.Queue):
+    """A connection's answers in request order, and how many the client is still owed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.owed = 0
+
+
 @dataclass
 class _InFlight:
     info: RequestInfo
     future: asyncio.Future
     local_errors: list[tuple[str, int, int, str | None]] = field(default_factory=list)
     lose: _Fault | None = None
+    omitted: list[tuple[str, int]] = field(default_factory=list)  # partitions to leave out of the answer
     # inject_error(after_write=True): the error codes to put in the broker's answer. For a Produce,
     # (topic, partition, code, message) per partition; for any other API, one fault for the whole answer.
     written_errors: list[tuple[str, int, int, str | None]] = field(default_factory=list)
@@ -187,6 +212,14 @@ class KafkaProxy(ThreadedProxy):
         # (topic, partition) -> records in the Produce batches forwarded to the broker
         self.forwarded_records: Counter[tuple[str, int]] = Counter()
         self.connections_accepted = 0
+        # The most answers one client connection was owed at once (requests in flight on it, as the
+        # client sees them): proves a pipeline was full when a fault hit it.
+        self.max_outstanding = 0
+        # One entry per Produce request: (node_id, [(topic, partition, record-set bytes), ...])
+        self.produce_log: list[tuple[int, list[tuple[str, int, int]]]] = []
+        # Metadata views (see the module docstring): topic -> partitions shown; topics that look deleted.
+        self._partition_limits: dict[str, int] = {}
+        self._deleted_topics: set[str] = set()
         self._version_caps: dict[int, int] = {}  # api key -> the highest version ApiVersions advertises
         self._held: Counter[int] = Counter()  # api key -> responses held right now
         self._release: dict[int, asyncio.Event] = {}  # api key -> what its held responses wait for (proxy loop)
@@ -286,6 +319,40 @@ class KafkaProxy(ThreadedProxy):
         self._add_fault(_Fault("error", PRODUCE, node_id, topic, partition, remaining=count,
                                error_code=error_code, error_message=message))
 
+    def fail_requests(self, api: int | str, error_code: int, *, count: int | None = 1,
+                      node_id: int | None = None) -> None:
+        """Answer the next ``count`` requests of ``api`` with ``error_code`` without forwarding them.
+
+        Only APIs whose error answer the proxy knows how to build: InitProducerId.
+        """
+        key = _api_key(api)
+        if key not in _ERROR_ANSWERS:
+            raise ValueError(f"fail_requests does not know how to answer {api!r}")
+        self._add_fault(_Fault("fail_request", key, node_id, remaining=count, error_code=error_code))
+
+    def omit_from_produce_response(self, topic: str, partition: int, *, count: int | None = 1,
+                                   node_id: int | None = None) -> None:
+        """Forward the next ``count`` Produce writes to ``topic``/``partition`` (the broker writes them) but
+        leave that partition out of the response (the rest of the response is delivered)."""
+        self._add_fault(_Fault("omit", PRODUCE, node_id, topic, partition, remaining=count))
+
+    def limit_partitions(self, topic: str, count: int | None) -> None:
+        """Metadata shows only partitions ``0..count-1`` of ``topic``; None shows them all again."""
+        with self._lock:
+            if count is None:
+                self._partition_limits.pop(topic, None)
+            else:
+                self._partition_limits[topic] = count
+
+    def delete_topic(self, topic: str) -> None:
+        """Make ``topic`` look deleted: Metadata says UNKNOWN_TOPIC_OR_PARTITION, Produce to it fails so."""
+        with self._lock:
+            self._deleted_topics.add(topic)
+
+    def restore_topic(self, topic: str) -> None:
+        with self._lock:
+            self._deleted_topics.discard(topic)
+
     def inject_error(self, api: int | str, error_code: int, *, after_write: bool = False,
                      count: int | None = 1, node_id: int | None = None, topic: str | None = None,
                      partition: int | None = None, message: str | None = None) -> None:
@@ -355,6 +422,8 @@ class KafkaProxy(ThreadedProxy):
             self.requests.clear()
             self.produce_partitions.clear()
             self.events.clear()
+            self.produce_log.clear()
+            self.max_outstanding = 0
             self.forwarded_records.clear()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
@@ -390,7 +459,7 @@ class KafkaProxy(ThreadedProxy):
         # Responses must reach the client in request order. Each request that expects an answer puts
         # (future, delay) here as it arrives; the writer task awaits them in that order, whether the answer
         # comes from the broker or from the proxy itself.
-        order: asyncio.Queue = asyncio.Queue()
+        order = _AnswerQueue()
         inflight: dict[int, _InFlight] = {}
         acks0_ids: set[int] = set()  # correlation ids of acks=0 Produce requests forwarded
         tasks = [
@@ -439,6 +508,16 @@ class KafkaProxy(ThreadedProxy):
             if self._take_fault("cut_before", info.api_key, node_id, partitions):
                 self.events["cut_before"] += 1
                 return  # _handle closes both sides
+            omitted: list[tuple[str, int]] = []
+            local_answer = None
+            if info.api_key == PRODUCE and forward is not None and expects_response:
+                omitted = self._take_omissions(node_id, partitions)
+            elif info.api_key in _ERROR_ANSWERS:
+                failure = self._take_fault("fail_request", info.api_key, node_id)
+                if failure is not None:
+                    self.events["failed_request"] += 1
+                    forward = None
+                    local_answer = _ERROR_ANSWERS[info.api_key](failure.error_code)
             # Response faults are consumed only by requests that get a response (not acks=0 Produce).
             delay_rule = self._take_fault("delay", info.api_key, node_id, partitions) if expects_response else None
             delay = delay_rule.delay if delay_rule else 0.0
@@ -448,12 +527,14 @@ class KafkaProxy(ThreadedProxy):
             api_error = None
             if info.api_key == PRODUCE:
                 written_errors = self._produce_errors_after_write(node_id, partitions or [])
-            elif expects_response:
+            elif expects_response and local_answer is None:
                 local = self._take_fault("api_error", info.api_key, node_id)
-                if local is not None:
+                if local is not None:  # inject_error(after_write=False): the broker never sees it
                     self._count_injected(info)
                     future.set_result(self._error_response(info, payload, local))
                     order.put_nowait((future, delay, info.api_key))
+                    order.owed += 1
+                    self.max_outstanding = max(self.max_outstanding, order.owed)
                     continue
                 api_error = self._take_fault("error_after_write", info.api_key, node_id)
             if forward is not None:
@@ -461,18 +542,24 @@ class KafkaProxy(ThreadedProxy):
                     # Tansu answers some acks=0 Produce requests anyway; the client expects nothing.
                     acks0_ids.add(info.correlation_id)
                 if expects_response:
-                    entry = _InFlight(info, future, local_errors)
+                    entry = _InFlight(info, future, local_errors, omitted=omitted)
                     entry.written_errors = written_errors
                     entry.api_error = api_error
                     entry.lose = self._take_fault("lose", info.api_key, node_id, partitions)
                     inflight[info.correlation_id] = entry
                 up_writer.write(frame(forward))
                 await up_writer.drain()
+            elif info.api_key != PRODUCE:
+                # A request answered by the proxy itself (fail_requests).
+                future.set_result(response_payload(info.correlation_id, info.response_header_version,
+                                                   local_answer.encode(info.api_version)))
             elif expects_response:
                 # Every partition was answered by the proxy: the broker never sees this request.
                 future.set_result(self._local_produce_response(info, local_errors))
             if expects_response:
                 order.put_nowait((future, delay, info.api_key))
+                order.owed += 1
+                self.max_outstanding = max(self.max_outstanding, order.owed)
 
     def _route_produce(self, node_id, info, payload):
         """Split a Produce between the broker and the proxy's own answers (injected errors, not leader)."""
@@ -480,17 +567,23 @@ class KafkaProxy(ThreadedProxy):
         partitions: list[tuple[str, int]] = []
         local: list[tuple[str, int, int, str | None]] = []
         kept_topics = []
+        logged = []
         for topic_data in request.topic_data:
             kept = []
             for part in topic_data.partition_data:
                 tp = (topic_data.name, part.index)
                 partitions.append(tp)
+                logged.append((*tp, len(part.records or b"")))
                 with self._lock:
                     self.produce_partitions[(node_id, *tp)] += 1
+                    deleted = tp[0] in self._deleted_topics
                 injected = self._take_fault("error", PRODUCE, node_id, [tp])
                 if injected is not None:
                     self.events["injected_error"] += 1
                     local.append((*tp, injected.error_code, injected.error_message))
+                elif deleted:
+                    self.events["deleted_topic"] += 1
+                    local.append((*tp, UNKNOWN_TOPIC_OR_PARTITION, "proxy: the topic was deleted"))
                 elif self.enforce_leadership and self.leader_for(*tp) != node_id:
                     self.events["not_leader"] += 1
                     local.append((*tp, NOT_LEADER_OR_FOLLOWER, "proxy: not the leader of this partition"))
@@ -501,6 +594,8 @@ class KafkaProxy(ThreadedProxy):
             if kept:
                 topic_data.partition_data = kept
                 kept_topics.append(topic_data)
+        with self._lock:
+            self.produce_log.append((node_id, logged))
         # acks=0: the broker sends no answer, so neither may we (even for partitions we refused).
         expects_response = request.acks != 0
         if not local:
@@ -510,6 +605,10 @@ class KafkaProxy(ThreadedProxy):
         request.topic_data = kept_topics
         rewritten = payload[:info.body_offset] + request.encode(info.api_version)
         return rewritten, local, partitions, expects_response
+
+    def _take_omissions(self, node_id, partitions) -> list[tuple[str, int]]:
+        """The partitions of this Produce whose results the response must leave out (omit rules)."""
+        return [tp for tp in partitions or () if self._take_fault("omit", PRODUCE, node_id, [tp]) is not None]
 
     async def _broker_to_proxy(self, node_id, up_reader, inflight, acks0_ids) -> None:
         while True:
@@ -551,10 +650,12 @@ class KafkaProxy(ThreadedProxy):
                 self.events["delayed"] += 1
                 await asyncio.sleep(delay)
             if data is _DROP:
+                order.owed -= 1
                 continue
             if data is _CUT:
                 return  # _handle closes both sides
             writer.write(frame(data))
+            order.owed -= 1
             await writer.drain()
 
     # ---------------------------------------------------------------- response rewriting
@@ -567,7 +668,7 @@ class KafkaProxy(ThreadedProxy):
             return self._rewrite_api_versions(info, payload)
         if info.api_key not in (METADATA, FIND_COORDINATOR, PRODUCE):
             return payload
-        if info.api_key == PRODUCE and not entry.local_errors and not entry.written_errors:
+        if info.api_key == PRODUCE and not entry.local_errors and not entry.omitted and not entry.written_errors:
             return payload
         _, body_offset = decode_response_header(payload, info.response_header_version)
         body = memoryview(payload)[body_offset:]
@@ -578,6 +679,7 @@ class KafkaProxy(ThreadedProxy):
         else:
             message = ProduceResponse.decode(body, info.api_version)
             self._set_written_produce_errors(message, entry.written_errors)
+            self._omit_partitions(message, entry.omitted)
             self._add_local_produce_errors(message, info, entry.local_errors)
         return bytes(payload[:body_offset]) + message.encode(info.api_version)
 
@@ -678,7 +780,16 @@ class KafkaProxy(ThreadedProxy):
             for node in self.node_ids
         ]
         response.controller_id = self.node_ids[0]
+        with self._lock:
+            limits = dict(self._partition_limits)
+            deleted = set(self._deleted_topics)
         for topic in response.topics:
+            if topic.name in deleted:
+                topic.error_code = UNKNOWN_TOPIC_OR_PARTITION
+                topic.partitions = []
+                continue
+            if topic.name in limits:
+                topic.partitions = [p for p in topic.partitions if p.partition_index < limits[topic.name]]
             for part in topic.partitions:
                 if part.leader_id < 0:
                     continue  # no leader (an error for this partition): leave it so
@@ -691,6 +802,14 @@ class KafkaProxy(ThreadedProxy):
                 part.isr_nodes = [leader]
                 part.offline_replicas = []
         return response
+
+    def _omit_partitions(self, response, omitted) -> None:
+        for tp in omitted:
+            self.events["omitted_partition"] += 1
+            for topic in response.responses:
+                if topic.name == tp[0]:
+                    topic.partition_responses = [p for p in topic.partition_responses if p.index != tp[1]]
+        response.responses = [t for t in response.responses if t.partition_responses]
 
     def _rewrite_coordinator(self, response):
         node = self.coordinator_node
@@ -766,3 +885,9 @@ def _record_count(records) -> int:
         count += count_here
         pos += 12 + length
     return count
+
+
+# Error answers the proxy can give in place of the broker (fail_requests): api key -> error code -> message.
+_ERROR_ANSWERS: dict[int, Callable[[int], object]] = {
+    INIT_PRODUCER_ID: lambda code: InitProducerIdResponse(error_code=code, producer_id=-1, producer_epoch=-1),
+}
