@@ -317,8 +317,9 @@ class Producer:
         return handle
 
     def _raise_not_running(self, topic) -> None:
-        if self._state is State.FAILED and isinstance(self._sender.fatal_error, errors.FatalError):
-            self._manager.check_not_fatal()  # raises it: ProducerFencedError and the like, as they are
+        if self._state is State.FAILED and self._transactional and isinstance(self._sender.fatal_error,
+                                                                             errors.FatalError):
+            self._manager.check_not_fatal()  # raises it: a fenced zombie is told ProducerFencedError itself
         if self._state is State.FAILED:
             fatal = self._sender.fatal_error
             raise errors.KafkaError(f"send() to {topic!r}: the producer failed and must be stopped: {fatal}") from fatal

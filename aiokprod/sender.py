@@ -300,9 +300,15 @@ class Sender:
         if now < self._identity_retry_at:
             return self._identity_retry_at - now
         task = self._identity_task = asyncio.get_running_loop().create_task(
-            self.driver.init_producer_id(), name="aiokprod-init-producer-id")
+            self._acquire_identity(), name="aiokprod-init-producer-id")
         task.add_done_callback(self._identity_done)
         return None
+
+    async def _acquire_identity(self) -> None:
+        await self.driver.init_producer_id()
+        # In the same step as the new identity (no sender turn in between): what is queued is known to be
+        # unwritten and is numbered again at its next drain.
+        self.accumulator.forget_sequences()
 
     def _identity_done(self, task: asyncio.Task) -> None:
         self._identity_task = None
@@ -310,8 +316,6 @@ class Sender:
             return
         exc = task.exception()  # retrieved here: nobody else awaits this task
         if exc is None:
-            # A new identity: what is queued is known to be unwritten, numbered again at its next drain.
-            self.accumulator.forget_sequences()
             self.wakeup()
             return
         # Retriable or not, the next try waits retry_backoff_ms (after a fatal error the producer takes no

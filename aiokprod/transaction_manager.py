@@ -51,6 +51,10 @@ SEQUENCE_MASK = 0x7FFFFFFF  # sequences are int32 and wrap to 0 after 2**31 - 1 
 EPOCH_MAX = 0x7FFF          # epochs are int16: at the last one, a bump must take a new producer id
 
 
+# Answers to an epoch bump that say "not allowed at all", not "cannot bump": no point asking for a new id.
+_NOT_A_BUMP_REFUSAL = frozenset({31, 53})  # CLUSTER_ / TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+
+
 class TxnState(enum.Enum):
     UNINITIALIZED = "UNINITIALIZED"
     INITIALIZING = "INITIALIZING"
@@ -244,10 +248,10 @@ class TransactionManager:
             self._refuse("init_failed")
         if getattr(error, "retriable", False):
             return
-        if bumping and not self.transactional:
+        if bumping and not self.transactional and getattr(error, "code", None) not in _NOT_A_BUMP_REFUSAL:
             self._bump_refused = True
             return
-        if bumping:
+        if bumping and self.transactional and getattr(error, "code", None) not in _NOT_A_BUMP_REFUSAL:
             # Without a bump the sequences of the aborted transaction stay unknown, and asking for the id
             # anew (-1/-1) could fence a newer instance: stopping is the only safe way on.
             fatal = errors.FatalError(
@@ -333,10 +337,14 @@ class TransactionManager:
         if self.state not in _SENDING:
             self._refuse("on_drain", "no producer identity")
         state = self.sequences(batch.topic, batch.partition)
-        if batch.base_sequence >= 0:
+        if batch.base_sequence >= 0 and (batch.outcome_unknown or (
+                batch.producer_id == self.producer_id and batch.producer_epoch == self.epoch)):
+            # A retry under the current identity, or in doubt (a reset never happens while one is, so that
+            # is the current identity too): the same numbers, so that the broker recognises it.
             state.in_flight += 1
             self._in_flight += 1
             return (batch.producer_id, batch.producer_epoch, batch.base_sequence, batch.transactional)
+        # New, or numbered under an identity that is gone (known unwritten: a reset waits for in-doubt ones).
         if self._reset_pending:
             raise errors.IllegalStateError(
                 f"a new batch of {batch.topic}-{batch.partition} drained while a reset waits")

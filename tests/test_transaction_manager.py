@@ -211,6 +211,14 @@ def test_refused_bump_falls_back_to_a_new_id():
     assert (manager.producer_id, manager.epoch) == (43, 0)
 
 
+def test_an_authorisation_failure_on_a_bump_is_fatal_without_a_fallback():
+    manager = idempotent(pid=42, epoch=5)
+    manager.request_reset(errors.UnknownProducerIdError())
+    manager.begin_init()
+    manager.init_failed(errors.ClusterAuthorizationFailedError(), bumping=True)
+    assert manager.fatal and isinstance(manager.error, errors.ClusterAuthorizationFailedError)
+
+
 def test_old_broker_or_exhausted_epoch_takes_a_new_id():
     manager = idempotent(pid=42, epoch=5)
     manager.request_reset(errors.UnknownProducerIdError())
@@ -498,3 +506,16 @@ def test_no_sequence_is_given_back_when_a_later_batch_was_numbered_or_the_batch_
     manager.prepare_abort()
     manager.end_succeeded()
     assert manager.state is S.INITIALIZING
+
+
+def test_a_retry_numbered_under_a_gone_identity_is_renumbered():
+    """A retry known to be unwritten, still carrying the numbers of the identity before a reset, gets new
+    ones (whoever forgot to clear them): never the old identity's numbers beside the new identity's."""
+    manager = idempotent(pid=5, epoch=0)
+    batch = drain(manager, make_batch(records=2))
+    manager.on_not_written(batch)
+    manager.request_reset(errors.UnknownProducerIdError())
+    manager.begin_init()
+    manager.init_succeeded(6, 0)
+    assert drain(manager, batch).producer_id == 6 and batch.base_sequence == 0
+    assert drain(manager, make_batch()).base_sequence == 2
