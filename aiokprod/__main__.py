@@ -1,17 +1,22 @@
-"""``python -m aiokprod``: the main job. Starts the embedded broker (unless ``--bootstrap`` names one),
-produces records, keyed and keyless, and prints where they went.
+"""``python -m aiokprod`` (or ``aiokprod``): the main job, and the commands.
 
-    python -m aiokprod                     # embedded broker, 10,000 records
+    python -m aiokprod                     # the main job: embedded broker, 10,000 records, where they went
     python -m aiokprod --bootstrap host:9092 --topic demo --count 1000
+    python -m aiokprod produce --topic T   # stdin lines -> topic T (see: python -m aiokprod produce --help)
     python -m aiokprod info                # which implementation (native or python) is loaded
+
+The main job starts the embedded broker (unless ``--bootstrap`` names one), produces records, keyed and
+keyless, and prints where they went. ``demo`` names it explicitly (``python -m aiokprod demo --count 10``).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import collections
+import os
 import sys
 import time
+from typing import Optional, Sequence
 
 
 def _info() -> int:
@@ -60,18 +65,44 @@ async def _produce(bootstrap: str, topic: str, count: int, compression: str, use
               f"avg request latency {metrics['request_latency_avg_ms']:.2f} ms")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aiokprod", description=__doc__,
+def _prog() -> str:
+    """How the user called us, for usage lines: the console script or ``python -m``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "aiokprod" if name in ("aiokprod", "aiokprod.exe") else "python -m aiokprod"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Dispatch on the first argument: ``produce`` and ``info`` are commands; anything else (options, or
+    nothing) is the main job, so ``python -m aiokprod --count 10`` keeps working."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = _prog()
+    if argv and argv[0] == "produce":
+        from . import cli
+
+        return cli.main(argv[1:], prog=f"{prog} produce")
+    if argv and argv[0] == "info":
+        argparse.ArgumentParser(prog=f"{prog} info", description="Say which twin (native or python) of each "
+                                "compiled module loaded.").parse_args(argv[1:])
+        return _info()
+    if argv and argv[0] == "demo":
+        argv = argv[1:]
+    return _main_job(argv, prog)
+
+
+def _main_job(argv: Sequence[str], prog: str) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="produce", choices=("produce", "info"))
     parser.add_argument("--bootstrap", help="host:port of a broker; default: start the embedded broker")
     parser.add_argument("--topic", default="aiokprod-demo")
     parser.add_argument("--count", type=int, default=10000)
     parser.add_argument("--compression", default="none", choices=("none", "gzip", "snappy", "lz4", "zstd"))
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     args = parser.parse_args(argv)
-    if args.command == "info":
-        return _info()
+    if args.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            parser.error("--uvloop needs uvloop: pip install 'aiokprod[uvloop]'")
     broker = None
     bootstrap = args.bootstrap
     if bootstrap is None:
@@ -83,8 +114,6 @@ def main(argv=None) -> int:
     try:
         coroutine = _produce(bootstrap, args.topic, args.count, args.compression, args.uvloop)
         if args.uvloop:
-            import uvloop
-
             uvloop.run(coroutine)
         else:
             asyncio.run(coroutine)

@@ -313,6 +313,10 @@ class RecordAccumulator:
         queue.in_flight -= 1
         return queue
 
+    @staticmethod
+    def has_in_flight(queue: PartitionQueue) -> bool:
+        return queue.in_flight > 0
+
     def in_flight_elsewhere(self, queue: PartitionQueue, node: int) -> bool:
         """Batches of ``queue`` are in flight to a broker other than ``node`` (the leader moved): nothing
         more of it may go to ``node`` until they are back."""

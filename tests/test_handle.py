@@ -9,6 +9,7 @@ import asyncio
 import contextvars
 import gc
 import sys
+import weakref
 
 import pytest
 
@@ -260,6 +261,26 @@ async def test_await_outside_a_task_protocol(hm):
     assert stop.value.value == RecordMetadata("t", 2, 3, 1000)
 
 
+async def test_await_iterator_send_throw_like_a_generator(hm):
+    """send()/throw() on what __await__ returns behave as on the Python twin's generator."""
+    completion, (h, h2) = _batch(hm, asyncio.get_running_loop(), n=2)
+    it = h.__await__()
+    with pytest.raises(TypeError, match="just-started"):
+        it.send(3)
+    assert next(it) is h
+    completion.resolve(7)
+    await _turn()
+    with pytest.raises(StopIteration) as stop:
+        it.send("ignored once started")
+    assert stop.value.value == RecordMetadata("t", 2, 7, 1000)
+    with pytest.raises(StopIteration) as stop:
+        next(it)
+    assert stop.value.value is None
+    it = h2.__await__()
+    with pytest.raises(KeyError):
+        it.throw(KeyError("raised where the handle is awaited"))
+
+
 def test_run_until_complete_on_both_loops(hm):
     factories = [asyncio.new_event_loop] + ([uvloop.new_event_loop] if uvloop else [])
     for factory in factories:
@@ -499,6 +520,35 @@ async def test_context_propagation(hm):
     assert explicit[var] == "changed-in-callback"
 
 
+async def test_callbacks_registered_in_an_empty_context_each_run_in_their_own(hm):
+    """Registered from a context with no variables, every callback still gets a context of its own (the
+    compiled twin makes it when the callback runs): what one sets, no other sees."""
+    var = contextvars.ContextVar("var", default="unset")
+    completion, handles = _batch(hm, asyncio.get_running_loop(), n=2)
+    seen = []
+
+    def record(fut):
+        seen.append((fut.index, var.get()))
+        var.set(f"set-by-{fut.index}-{len(seen)}")
+
+    empty = contextvars.Context()
+    empty.run(handles[0].add_done_callback, record)
+    empty.run(handles[0].add_done_callback, record)
+    empty.run(handles[1].add_done_callback, record)
+    completion.resolve(0)
+    await _turn()
+    assert seen == [(0, "unset"), (0, "unset"), (1, "unset")]
+    assert len(empty) == 0
+    # Cancelled before its batch is done: the callback is scheduled right away, in a context of its own too.
+    completion, (h,) = _batch(hm, asyncio.get_running_loop(), n=1)
+    seen.clear()
+    empty.run(h.add_done_callback, lambda fut: seen.append(var.get()) or var.set("x"))
+    empty.run(h.add_done_callback, lambda fut: seen.append(var.get()))
+    h.cancel()
+    await _turn()
+    assert seen == ["unset", "unset"] and len(empty) == 0
+
+
 async def test_awaiting_task_keeps_its_context(hm):
     var = contextvars.ContextVar("request_id", default=None)
     loop = asyncio.get_running_loop()
@@ -544,6 +594,41 @@ async def test_unawaited_handles_make_no_reference_cycle(hm):
     gc.collect()
     # The completion is held by this frame only: the handles went away without the cycle collector.
     assert sys.getrefcount(completion) == 2
+
+
+async def test_a_cycle_through_a_pending_handle_is_collected(hm):
+    """A callback that leads back to its handle makes a cycle the collector must still see and break."""
+    completion = hm.BatchCompletion(asyncio.get_running_loop(), "t", 0)
+    handle = completion.add(1000)
+
+    class Holder:
+        def callback(self, fut):
+            pass
+
+    holder = Holder()
+    holder.handle = handle
+    handle.add_done_callback(holder.callback)  # holder -> handle -> bound method -> holder
+    gone = weakref.ref(holder)
+    del holder, handle, completion
+    gc.collect()
+    assert gone() is None
+
+
+async def test_native_handle_is_tracked_by_the_gc_only_while_it_holds_callbacks():
+    if _impl.NO_EXTENSIONS:
+        pytest.skip("AIOKPROD_NO_EXTENSIONS=1")
+    hm = _twin("native")
+    completion, (plain, awaited, cancelled) = _batch(hm, asyncio.get_running_loop(), n=3)
+    assert not gc.is_tracked(plain)  # refers to its completion only: on no cycle
+    awaited.add_done_callback(lambda fut: None)
+    assert gc.is_tracked(awaited)
+    cancelled.add_done_callback(lambda fut: None)
+    cancelled.cancel("a message may lead back")
+    assert gc.is_tracked(cancelled)
+    completion.resolve(0)
+    await _turn()
+    assert not gc.is_tracked(awaited)  # its callback ran and was dropped
+    assert [plain.result().offset, awaited.result().offset] == [0, 1]
 
 
 # ---- both twins ------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import aiokprod.protocol as proto
 from aiokprod.errors import CorruptFrameError, UnsupportedVersionError
-from aiokprod.protocol.produce import encode_produce_request
+from aiokprod.protocol.produce import ProduceResponseReader, encode_produce_request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The committed copy the generator reads (tools/kafka-protocol), and the project's reference data it was
@@ -317,3 +317,50 @@ def test_fast_produce_passes_batches_through_without_copy():
     assert len(views) == 2 and all(v.obj is batch for v in views)
     with pytest.raises(UnsupportedVersionError):
         encode_produce_request(2, 1, "c", None, -1, 1000, [])
+
+
+# ------------------------------------------------------------------------------------------------------
+# fast Produce response reader
+# ------------------------------------------------------------------------------------------------------
+
+def _as_generated_fields(response):
+    """What the reader keeps (it gives record errors as (batch_index, message) tuples), from either."""
+    return (response.throttle_time_ms, [
+        (t.name, [(p.index, p.error_code, p.base_offset, p.log_append_time_ms, p.log_start_offset,
+                   [e if isinstance(e, tuple) else (e.batch_index, e.batch_index_error_message)
+                    for e in p.record_errors], p.error_message)
+                  for p in t.partition_responses])
+        for t in response.responses])
+
+
+@pytest.mark.parametrize("version", range(3, 12))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_produce_response_reader_matches_generated(version, data):
+    response = data.draw(instances(proto.ProduceResponse, version))  # tagged fields too (skipped)
+    encoded = response.encode(version)
+    expected = _as_generated_fields(proto.ProduceResponse.decode(encoded, version))
+    for body in (encoded, memoryview(bytearray(encoded))):
+        got = ProduceResponseReader.decode(body, version)
+        assert _as_generated_fields(got) == expected
+
+
+@pytest.mark.parametrize("version", range(3, 12))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), raw=st.binary(max_size=200))
+def test_produce_response_reader_fuzz(version, data, raw):
+    """Only CorruptFrameError escapes, and a truncated body is always refused."""
+    for body in (raw, data.draw(instances(proto.ProduceResponse, version)).encode(version)):
+        try:
+            ProduceResponseReader.decode(body, version)
+        except CorruptFrameError:
+            pass
+        if body:
+            cut = data.draw(st.integers(0, len(body) - 1))
+            with pytest.raises(CorruptFrameError):
+                ProduceResponseReader.decode(body[:cut], version)
+
+
+def test_produce_response_reader_versions():
+    with pytest.raises(UnsupportedVersionError):
+        ProduceResponseReader.decode(b"", 2)
