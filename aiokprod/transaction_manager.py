@@ -402,11 +402,20 @@ class TransactionManager:
         """The broker has no batch of ours there: OUT_OF_ORDER_SEQUENCE_NUMBER (had an earlier attempt been
         written, it would answer DUPLICATE_SEQUENCE_NUMBER) or UNKNOWN_PRODUCER_ID (it forgot our identity,
         so nothing can be deduplicated against it any more). The batch is no longer in doubt; the caller
-        asks for a reset (:meth:`request_reset`) and it goes back to its queue."""
+        asks for a reset (:meth:`request_reset`) and it goes back to its queue.
+
+        The answer settles every batch in doubt on that partition, not only this one: the broker has no
+        sequence state of ours there it could match them against (forgotten, or diverged: a batch behind
+        a refused one cannot have been written), so re-sending them under the old identity could never
+        settle them, and waiting for that would hold the reset (and them) until they expire."""
         if not self.idempotent:
             return
         state = self._returned(batch)
         self._settled_doubt(state, batch)
+        for other in state.in_doubt:
+            other.outcome_unknown = False
+        self._in_doubt -= len(state.in_doubt)
+        state.in_doubt.clear()
         state.blocked = True
         self._unblock(state)
 

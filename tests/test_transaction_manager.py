@@ -519,3 +519,24 @@ def test_a_retry_numbered_under_a_gone_identity_is_renumbered():
     manager.init_succeeded(6, 0)
     assert drain(manager, batch).producer_id == 6 and batch.base_sequence == 0
     assert drain(manager, make_batch()).base_sequence == 2
+
+
+def test_not_written_settles_every_doubt_of_the_partition():
+    """Broker restarted: a known-unwritten retry heads the queue with an in-doubt batch behind it. Its
+    UNKNOWN_PRODUCER_ID answer says the broker has nothing of ours there: the batch behind it can no longer
+    be settled under the old identity either, so the reset may go on (it would wait for ever otherwise)."""
+    manager = idempotent()
+    head = drain(manager, make_batch("t", 0))
+    behind = drain(manager, make_batch("t", 0))
+    other = drain(manager, make_batch("t", 1))
+    manager.on_retriable(head)
+    manager.on_unknown(behind)
+    manager.on_unknown(other)
+    manager.request_reset(errors.UnknownProducerIdError())
+    drain(manager, head)
+    manager.on_not_written(head)
+    assert not behind.outcome_unknown and manager.in_doubt == 1  # partition 1's doubt is another matter
+    assert not manager.reset_allowed()
+    drain(manager, other)
+    manager.on_success(other)
+    assert manager.reset_allowed()
