@@ -87,9 +87,13 @@ class ProducerBatch:
 
 
 class PartitionQueue:
-    """The batches of one partition, oldest first, and its idempotence sequence state."""
+    """The batches of one partition, oldest first, and how many of its drained batches are out.
 
-    __slots__ = ("topic", "partition", "batches", "in_flight", "in_flight_node", "next_sequence", "blocked")
+    Changed only by the accumulator's methods (the sender drains, requeues and clears through them); the
+    sequences, in-doubt batches and the *blocked* flag of idempotence belong to the ``TransactionManager``.
+    """
+
+    __slots__ = ("topic", "partition", "batches", "in_flight", "in_flight_node")
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic
@@ -99,10 +103,6 @@ class PartitionQueue:
         # The broker the in-flight batches went to: nothing is drained to another one until they are back,
         # or a leader change could put a later batch in the log before an earlier one.
         self.in_flight_node = -1
-        self.next_sequence = 0
-        # Set after a retriable failure: nothing more is drained until every in-flight batch of this partition
-        # came back, so retried batches go out again in sequence order (no reordering, no gaps).
-        self.blocked = False
 
 
 class MemoryWaiter:
@@ -202,13 +202,17 @@ class RecordAccumulator:
         queue = self.queues.get((topic, partition))
         if queue is None or self.waiters:
             return None
-        batches = queue.batches
+        return self._append_to_open(queue.batches, timestamp_ms, key, value, headers)
+
+    def _append_to_open(self, batches, timestamp_ms: int, key, value, headers):
+        """The append rule of the general path, in one place: the record goes into the partition's open
+        batch (its tail, not closed) if it fits there; a full open batch is closed (ready now, whatever
+        linger_ms says) and None returned, for the caller to start a new one."""
         if batches:
             batch = batches[-1]
             if not batch.closed:
                 if batch.builder.append(timestamp_ms, key, value, headers):
                     return batch.completion.add(timestamp_ms)
-                # Full: it is ready now, whatever linger_ms says.
                 batch.closed = True
                 self._batch_closed(batch)
                 self.on_wakeup()
@@ -229,14 +233,10 @@ class RecordAccumulator:
         if queue is None:
             queue = self.queues[(topic, partition)] = PartitionQueue(topic, partition)
         batches = queue.batches
-        if batches:
-            batch = batches[-1]
-            if not batch.closed:
-                if batch.builder.append(timestamp_ms, key, value, headers):
-                    self.release(reserved)
-                    return batch.completion.add(timestamp_ms)
-                batch.closed = True
-                self._batch_closed(batch)
+        handle = self._append_to_open(batches, timestamp_ms, key, value, headers)
+        if handle is not None:
+            self.release(reserved)
+            return handle
         batch = self._new_batch(topic, partition)
         if not batch.builder.append(timestamp_ms, key, value, headers):  # a first record always fits
             raise AssertionError("RecordBatchBuilder refused the first record of a batch")
@@ -261,22 +261,94 @@ class RecordAccumulator:
         linger = self.linger
         force = self.flushing > 0 or self.closed
         for queue in self.queues.values():
-            if not queue.batches or queue.blocked or not sendable(queue):
+            if not queue.batches:
                 continue
             batch = queue.batches[0]
+            # ``sendable`` is asked only about queues that would go now: a transactional producer's
+            # manager collects, from these calls, the partitions to add to the transaction in one request.
             if batch.retry_at > now:
                 wait = batch.retry_at - now
             elif force or batch.closed or len(queue.batches) > 1:
-                ready.append(queue)
+                if sendable(queue):
+                    ready.append(queue)
                 continue
             else:
                 wait = batch.created + linger - now
                 if wait <= 0:
-                    ready.append(queue)
+                    if sendable(queue):
+                        ready.append(queue)
                     continue
             if next_check is None or wait < next_check:
                 next_check = wait
         return ready, next_check
+
+    @staticmethod
+    def head(queue: PartitionQueue) -> ProducerBatch:
+        """The batch a drain of ``queue`` would take (its oldest)."""
+        return queue.batches[0]
+
+    def head_of(self, topic: str, partition: int) -> Optional[ProducerBatch]:
+        """The oldest queued batch of a partition, or None."""
+        queue = self.queues.get((topic, partition))
+        return queue.batches[0] if queue is not None and queue.batches else None
+
+    def drain_head(self, queue: PartitionQueue, node: int) -> ProducerBatch:
+        """Take ``queue``'s oldest batch for a request to broker ``node``: it counts as in flight there
+        until :meth:`returned`."""
+        batch = queue.batches.popleft()
+        queue.in_flight += 1
+        queue.in_flight_node = node
+        self.mark_drained(batch)
+        return batch
+
+    def pop_head(self, queue: PartitionQueue) -> ProducerBatch:
+        """Take ``queue``'s oldest batch out without sending it (the caller fails it)."""
+        batch = queue.batches.popleft()
+        self._batch_closed(batch)
+        return batch
+
+    def returned(self, batch: ProducerBatch) -> PartitionQueue:
+        """A drained batch's request ended (answered, lost or cut): it no longer counts as in flight."""
+        queue = self.queues[(batch.topic, batch.partition)]
+        queue.in_flight -= 1
+        return queue
+
+    @staticmethod
+    def has_in_flight(queue: PartitionQueue) -> bool:
+        return queue.in_flight > 0
+
+    def in_flight_elsewhere(self, queue: PartitionQueue, node: int) -> bool:
+        """Batches of ``queue`` are in flight to a broker other than ``node`` (the leader moved): nothing
+        more of it may go to ``node`` until they are back."""
+        return queue.in_flight > 0 and queue.in_flight_node != node
+
+    def take_all(self) -> list:
+        """Remove every queued batch (the producer is closing or failed; the caller fails them)."""
+        taken = []
+        for queue in self.queues.values():
+            for batch in queue.batches:
+                self._batch_closed(batch)
+                taken.append(batch)
+            queue.batches.clear()
+            queue.in_flight = 0
+        return taken
+
+    def take_unsent(self) -> list:
+        """Remove the batches never drained (an aborted transaction fails them); retries, which carry a
+        sequence the broker may be waiting for, stay queued."""
+        taken = []
+        for queue in self.queues.values():
+            batches = queue.batches
+            if not batches or batches[-1].drain_order >= 0:
+                continue
+            kept = [b for b in batches if b.drain_order >= 0]
+            for batch in batches:
+                if batch.drain_order < 0:
+                    self._batch_closed(batch)
+                    taken.append(batch)
+            batches.clear()  # in place: the appender holds this deque
+            batches.extend(kept)
+        return taken
 
     def mark_drained(self, batch: ProducerBatch) -> None:
         """Called when a batch leaves its queue (frozen by the sender): it takes no more records; the first
@@ -330,10 +402,10 @@ class RecordAccumulator:
     def has_unsent(self) -> bool:
         return any(queue.batches for queue in self.queues.values())
 
-    def reset_sequences(self) -> None:
-        """A new producer id: every partition starts again at sequence 0, unsent batches get new numbers."""
+    def forget_sequences(self) -> None:
+        """A new producer identity: queued batches (all known to be unwritten) lose their sequence and bytes,
+        to be numbered again at their next drain."""
         for queue in self.queues.values():
-            queue.next_sequence = 0
             for batch in queue.batches:
                 batch.base_sequence = -1
                 batch.payload = None

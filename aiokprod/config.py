@@ -226,10 +226,10 @@ class ProducerConfig:
                 raise ConfigError("transactional_id needs enable_idempotence (it was set to False)")
             if conflicts:
                 raise ConfigError("transactional_id needs idempotence, which conflicts with " + ", ".join(conflicts))
-            # Refuse rather than quietly produce outside a transaction: the caller counts on atomicity.
-            raise ConfigError(
-                f"transactional_id={self.transactional_id!r}: transactions are not implemented in this "
-                "version of aiokprod (a producer given one would not be transactional)")
+            if not isinstance(self.transactional_id, str) or not self.transactional_id:
+                raise ConfigError(f"transactional_id must be a non-empty str or None, got {self.transactional_id!r}")
+            self.idempotent = True
+            return
         if explicit and conflicts:
             raise ConfigError("enable_idempotence=True conflicts with " + ", ".join(conflicts))
         self.idempotent = bool(explicit) if explicit is not None else not conflicts

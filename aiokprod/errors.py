@@ -3,6 +3,9 @@
 The hierarchy::
 
     KafkaError                          base of everything the package raises on purpose; .retriable
+    ├── RetriableError                  kind: the condition may clear; the producer retries these itself
+    ├── AbortableError                  kind: the transaction must be aborted; the producer can go on
+    ├── FatalError                      kind: the producer can do nothing more but stop()
     ├── CorruptFrameError               a protocol frame is malformed, truncated or has an impossible length
     │   └── CorruptRecordError          a record batch is malformed (CRC, magic, lengths)
     ├── BrokerResponseError             an error code from the broker (.code .name .retriable
@@ -14,9 +17,9 @@ The hierarchy::
     │   ├── UnsupportedVersionError     code 35; the client raises it too when version negotiation finds
     │   │                               no version both sides support (code 35, its own message)
     │   └── RequestTimedOutError        code 7: the *broker* timed out (e.g. acks=-1 replication)
-    ├── KafkaConnectionError            the connection failed or closed (retriable)
+    ├── KafkaConnectionError            the connection failed or closed (a RetriableError)
     ├── KafkaTimeoutError               a client-side deadline passed (delivery, metadata wait, request);
-    │   │                               retriable like Java's TimeoutException
+    │   │                               a RetriableError like Java's TimeoutException
     │   ├── DeliveryTimeoutError        a record was not delivered within delivery_timeout_ms
     │   └── BufferExhaustedError        send() found no room in buffer_memory within max_block_ms
     │                                   (back-pressure; Java's BufferExhaustedException)
@@ -28,14 +31,33 @@ The hierarchy::
     │                                   the serializer's exception is the __cause__)
     ├── RetriesExhaustedError           a record failed ``retries`` + 1 attempts (.attempts, .topic,
     │                                   .partition, .last_error: the broker's last error, also __cause__)
-    ├── AuthenticationError             SASL/TLS authentication failed; the broker's SASL codes
-    │                                   (UnsupportedSaslMechanismError 33, IllegalSaslStateError 34,
+    ├── TransactionFailedError          an AbortableError: records of the transaction failed, so it
+    │                                   cannot commit (the first record error is its __cause__)
+    ├── TransactionAbortedError         an AbortableError: the record's transaction was aborted before it
+    │                                   was sent
+    ├── TransactionTimedOutError        an AbortableError: open longer than transaction_timeout_ms
+    ├── AuthenticationError             SASL/TLS authentication failed (a FatalError); the broker's SASL
+    │                                   codes (UnsupportedSaslMechanismError 33, IllegalSaslStateError 34,
     │                                   SaslAuthenticationFailedError 58) are subclasses of it too
     └── AuthorizationError              the broker refused an operation to an authenticated client; the
                                         broker's *_AUTHORIZATION_FAILED codes (TopicAuthorizationFailedError
                                         29, GroupAuthorizationFailedError 30, ClusterAuthorizationFailedError
                                         31, TransactionalIdAuthorizationFailedError 53,
                                         DelegationTokenAuthorizationFailedError 65) are subclasses of it too
+
+The three *kinds* (KIP-1050's split, as the Java client has it) are bases that a class has besides its
+place above, so that ``except errors.AbortableError`` catches every error after which the transaction
+must be aborted, whatever raised it:
+
+* ``RetriableError``: every broker code the protocol marks retriable, ``KafkaConnectionError``,
+  ``KafkaTimeoutError``. The producer retries these inside (within ``delivery_timeout_ms``); a user sees
+  one only when that budget ran out.
+* ``AbortableError``: ``TransactionFailedError``, ``TransactionAbortedError``, ``TransactionTimedOutError``, TOPIC/GROUP_AUTHORIZATION_FAILED (29, 30),
+  OUT_OF_ORDER_SEQUENCE_NUMBER (45), INVALID_PRODUCER_ID_MAPPING (49), UNKNOWN_PRODUCER_ID (59),
+  TRANSACTION_ABORTABLE (120). Abort the transaction, then go on with the next one.
+* ``FatalError``: PRODUCER_FENCED (90), INVALID_PRODUCER_EPOCH (47), INVALID_TXN_STATE (48),
+  TRANSACTION_COORDINATOR_FENCED (52), TRANSACTIONAL_ID_AUTHORIZATION_FAILED (53), CLUSTER_AUTHORIZATION_FAILED
+  (31), UNSUPPORTED_VERSION (35), ``AuthenticationError``. Only ``stop()`` is left.
 
 Broker codes come from the generated table ``aiokprod._error_codes.ERROR_CODES`` (code -> name,
 retriable, needs_metadata_refresh, message). :func:`for_code` turns a code into an instance; the classes
@@ -58,6 +80,20 @@ class KafkaError(Exception):
     retriable = False
 
 
+class RetriableError(KafkaError):
+    """Kind: the condition may clear by itself (the producer retries these within its deadlines)."""
+
+    retriable = True
+
+
+class AbortableError(KafkaError):
+    """Kind: the current transaction cannot commit and must be aborted; the producer can go on after."""
+
+
+class FatalError(KafkaError):
+    """Kind: the producer cannot go on (fenced, not authorised, unsupported): only ``stop()`` is left."""
+
+
 class CorruptFrameError(KafkaError):
     """A protocol frame (or a part of it) is malformed, truncated or carries an impossible length."""
 
@@ -66,13 +102,13 @@ class CorruptRecordError(CorruptFrameError):
     """A record batch is malformed: bad CRC, bad magic, truncated, or an impossible length."""
 
 
-class KafkaConnectionError(KafkaError):
+class KafkaConnectionError(RetriableError):
     """A connection to a broker failed, was closed, or broke mid-request. Retriable."""
 
     retriable = True
 
 
-class KafkaTimeoutError(KafkaError):
+class KafkaTimeoutError(RetriableError):
     """A client-side deadline passed (delivery timeout, metadata wait, request timeout).
 
     Retriable in the Java sense (the condition may clear); whether the caller retries is its choice.
@@ -117,7 +153,7 @@ class IllegalStateError(KafkaError):
     """An operation is not allowed in the current state (e.g. a transaction method out of order)."""
 
 
-class AuthenticationError(KafkaError):
+class AuthenticationError(FatalError):
     """SASL (or TLS) authentication failed. The broker's SASL error codes are subclasses of this."""
 
 
@@ -153,6 +189,25 @@ class RetriesExhaustedError(KafkaError):
         self.attempts = attempts
         self.last_error = last_error
         self.__cause__ = last_error
+
+
+class TransactionAbortedError(AbortableError):
+    """The record was not sent: its transaction was aborted before it left the buffer."""
+
+
+class TransactionTimedOutError(AbortableError):
+    """The transaction was open longer than ``transaction_timeout_ms``: the coordinator aborts such a
+    transaction, so it cannot commit. Abort it."""
+
+
+class TransactionFailedError(AbortableError):
+    """Records of the transaction failed (or were failed by an abort), so it cannot commit: abort it.
+
+    ``__cause__`` is the first record error; ``errors`` holds every distinct one (at most a few)."""
+
+    def __init__(self, message: str, errors: tuple = ()):
+        super().__init__(message)
+        self.errors = errors
 
 
 class BrokerResponseError(KafkaError):
@@ -205,15 +260,26 @@ def _class_name(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_")) + "Error"
 
 
-# Extra bases for codes that belong to a client-side family as well.
+# Extra bases for codes that belong to a client-side family or kind as well (see the module docstring).
 _EXTRA_BASES = {
     33: (AuthenticationError,),  # UNSUPPORTED_SASL_MECHANISM
     34: (AuthenticationError,),  # ILLEGAL_SASL_STATE
     58: (AuthenticationError,),  # SASL_AUTHENTICATION_FAILED
-    29: (AuthorizationError,),  # TOPIC_AUTHORIZATION_FAILED
-    30: (AuthorizationError,),  # GROUP_AUTHORIZATION_FAILED
-    31: (AuthorizationError,),  # CLUSTER_AUTHORIZATION_FAILED
-    53: (AuthorizationError,),  # TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    # Fatal: another instance owns the transactional id, or we may not act as it, or cannot at all.
+    31: (AuthorizationError, FatalError),  # CLUSTER_AUTHORIZATION_FAILED
+    35: (FatalError,),          # UNSUPPORTED_VERSION
+    47: (FatalError,),          # INVALID_PRODUCER_EPOCH (a newer epoch exists: we are a zombie)
+    48: (FatalError,),          # INVALID_TXN_STATE
+    52: (FatalError,),          # TRANSACTION_COORDINATOR_FENCED
+    53: (AuthorizationError, FatalError),  # TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    90: (FatalError,),          # PRODUCER_FENCED
+    # Abortable: this transaction is lost, the producer is not.
+    29: (AuthorizationError, AbortableError),  # TOPIC_AUTHORIZATION_FAILED
+    30: (AuthorizationError, AbortableError),  # GROUP_AUTHORIZATION_FAILED
+    45: (AbortableError,),      # OUT_OF_ORDER_SEQUENCE_NUMBER
+    49: (AbortableError,),      # INVALID_PRODUCER_ID_MAPPING
+    59: (AbortableError,),      # UNKNOWN_PRODUCER_ID
+    120: (AbortableError,),     # TRANSACTION_ABORTABLE
     65: (AuthorizationError,),  # DELEGATION_TOKEN_AUTHORIZATION_FAILED
 }
 
@@ -227,7 +293,10 @@ def _build_classes() -> None:
         if code == 0:
             continue
         cls_name = _class_name(name)
-        cls = type(cls_name, (BrokerResponseError,) + _EXTRA_BASES.get(code, ()), {
+        extra = _EXTRA_BASES.get(code, ())
+        if retriable:
+            extra += (RetriableError,)
+        cls = type(cls_name, (BrokerResponseError,) + extra, {
             "__module__": __name__,
             "__doc__": f"Broker error {code} {name}: {message}",
             "code": code,
@@ -325,6 +394,7 @@ class ProduceAction:
     RETRY = "retry"                      # back to the queue, after backoff
     REFRESH_AND_RETRY = "refresh_retry"  # the same, after asking for fresh metadata (leader moved, ...)
     RESET_AND_RETRY = "reset_retry"      # idempotence state lost or diverged: new producer id, renumber
+    RETRY_UNSURE = "retry_unsure"        # retry, but the broker may have written it: the batch is in doubt
     FAIL = "fail"                        # the batch fails with the error
 
 
@@ -339,6 +409,10 @@ def classify_produce_error(code: int, *, idempotent: bool, earlier_batch_failed:
     if idempotent:
         if code == 59:  # UNKNOWN_PRODUCER_ID: the broker forgot us (restart, retention)
             return ProduceAction.RESET_AND_RETRY
+        if code == 7 or code == 20:
+            # REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND: the leader may have appended it (the Java
+            # client and franz-go treat both as "unsure if produced"); only ever re-sent under its identity.
+            return ProduceAction.RETRY_UNSURE
         if code == 45:  # OUT_OF_ORDER_SEQUENCE_NUMBER
             return ProduceAction.RETRY if earlier_batch_failed else ProduceAction.RESET_AND_RETRY
     info = ERROR_CODES.get(code)

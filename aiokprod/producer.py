@@ -11,6 +11,7 @@ returns None, having done nothing, for everything else, which the rest of ``send
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 import logging
@@ -35,6 +36,8 @@ from .partitioner import (CallablePartitioner, ClusterView, DefaultPartitioner, 
                           RoundRobinPartitioner, make_partitioner)
 from .sender import Sender
 from .serializers import check_bytes
+from .transaction_manager import TransactionManager, TxnState
+from .transactions import TransactionDriver
 
 log = logging.getLogger("aiokprod.producer")
 
@@ -116,6 +119,12 @@ class Producer:
         self._cluster: Optional[Cluster] = None
         self._accumulator: Optional[RecordAccumulator] = None
         self._sender: Optional[Sender] = None
+        self._transactional = config.transactional_id is not None
+        self._manager = TransactionManager(idempotent=config.idempotent, transactional_id=config.transactional_id,
+                                           transaction_timeout_ms=config.transaction_timeout_ms)
+        self._driver: Optional[TransactionDriver] = None
+        self._manager.on_change = self._update_fast_path  # e.g. ABORTABLE_ERROR set by the sender
+        self._txn_started = 0.0  # when the open transaction began (monotonic), for transaction_timeout_ms
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -139,11 +148,16 @@ class Producer:
             appender=self._appender,
         )
         self._appender.bind(self._topics, self._accumulator.waiters, self._max_record_size, self._own_partitioner)
-        self._sender = Sender(config, self._cluster, self._accumulator, self._hooks, on_fatal=self._sender_failed,
-                              on_abandoned=self._abandoned,
+        self._driver = TransactionDriver(config, self._cluster, self._manager, on_change=self._wakeup_sender)
+        self._sender = Sender(config, self._cluster, self._accumulator, self._hooks, self._manager, self._driver,
+                              on_fatal=self._sender_failed, on_abandoned=self._abandoned,
                               on_batch_failed=self._delivery_errors.batch_failed if self._delivery_errors else None)
         try:
             await self._cluster.bootstrap()
+            if self._transactional:
+                # Find the transaction coordinator and take the transactional id: this fences any older
+                # instance and makes the coordinator finish what it left open.
+                await self._driver.init_producer_id()
         except BaseException:
             self._set_state(State.CLOSED)
             await self._cluster.close()
@@ -154,9 +168,14 @@ class Producer:
             fn(self)
 
     def _set_state(self, state: State) -> None:
-        """Every state change goes through here: the fast path runs only while the producer is RUNNING."""
+        """Every state change goes through here: the fast path runs only while the producer is RUNNING (and,
+        on a transactional producer, only inside a transaction: the general path says why not)."""
         self._state = state
-        self._appender.enabled = state is State.RUNNING and self._fast_path
+        self._update_fast_path()
+
+    def _update_fast_path(self) -> None:
+        self._appender.enabled = (self._state is State.RUNNING and self._fast_path
+                                  and (not self._transactional or self._manager.state is TxnState.IN_TRANSACTION))
 
     def _sender_failed(self) -> None:
         if self._state is State.RUNNING:
@@ -219,7 +238,11 @@ class Producer:
         if timeout is None:
             timeout = self.config.stop_timeout_ms / 1000.0
         try:
-            await self._flush(timeout)
+            if self._transactional and self._manager.state in (TxnState.IN_TRANSACTION, TxnState.ABORTABLE_ERROR):
+                # Never commit implicitly: what the application left open is aborted.
+                await self.abort_transaction(timeout)
+            else:
+                await self._sender.flush(timeout)
         except asyncio.TimeoutError:
             log.warning("stop(): records still undelivered after %.1fs; failing them", timeout)
         except Exception as exc:  # noqa: BLE001 - stop must close whatever flush says
@@ -257,6 +280,8 @@ class Producer:
             return handle
         if self._state is not State.RUNNING:
             self._raise_not_running(topic)
+        if self._transactional:
+            self._manager.check_can_send()
         if headers is not None and type(headers) is not list and isinstance(headers, Mapping):
             headers = _header_list(topic, headers)
         if self._observed:
@@ -347,6 +372,8 @@ class Producer:
         if size > self._max_record_size:
             self._record_too_large(topic, partition, size)
         accumulator = self._accumulator
+        if self._transactional:
+            self._manager.check_can_send()  # again: the transaction may have ended while we awaited metadata
         if sticky:
             before = self._open_batch_size(topic, partition)
         handle = accumulator.try_append(topic, partition, timestamp_ms, key, value, headers)
@@ -360,6 +387,9 @@ class Producer:
         return handle
 
     def _raise_not_running(self, topic) -> None:
+        if self._state is State.FAILED and self._transactional and isinstance(self._sender.fatal_error,
+                                                                             errors.FatalError):
+            self._manager.check_not_fatal()  # raises it: a fenced zombie is told ProducerFencedError itself
         if self._state is State.FAILED:
             fatal = self._sender.fatal_error
             raise errors.KafkaError(f"send() to {topic!r}: the producer failed and must be stopped: {fatal}") from fatal
@@ -433,6 +463,9 @@ class Producer:
         if self._state is not State.RUNNING:
             accumulator.release(size)
             raise errors.ProducerClosedError(f"producer closed while send() to {topic!r} waited for memory")
+        if self._transactional and self._manager.state is not TxnState.IN_TRANSACTION:
+            accumulator.release(size)
+            self._manager.check_can_send()  # the transaction ended while we waited for memory
 
     async def send_and_wait(self, topic: str, value=None, key=None, partition: Optional[int] = None,
                             timestamp_ms: Optional[int] = None, headers=None):
@@ -446,37 +479,136 @@ class Producer:
         """Send everything buffered now, and wait until it is delivered (or failed)."""
         if self._state not in (State.RUNNING, State.CLOSING):
             raise errors.ProducerClosedError(f"flush() on a producer that is {self._state.value}")
-        await self._flush(timeout)
+        await self._sender.flush(timeout)
 
-    async def _flush(self, timeout: Optional[float]) -> None:
-        completions = [batch.completion for batch in self._accumulator.all_batches()]
-        completions += [batch.completion for batch in self._sender.in_flight_batches]
-        pending = [c for c in completions if not c.done]
-        if not pending:
-            # A batch answered just before this call has left the sender's books but its handles turn
-            # done only in its loop callback, already scheduled: yield once so that it runs (callbacks
-            # run FIFO), and every record sent before flush() is done when flush() returns.
-            await asyncio.sleep(0)
-            return
-        self._accumulator.flushing += 1
-        self._sender.wakeup()
+    # -- transactions -------------------------------------------------------------------------------------
+    def _check_running(self, operation: str) -> None:
+        if self._state is State.FAILED and self._manager.fatal:
+            self._manager.check_not_fatal()
+        if self._state is not State.RUNNING:
+            raise errors.IllegalStateError(f"{operation}() on a producer that is {self._state.value}")
+
+    def begin_transaction(self) -> None:
+        """Open a transaction: every record sent until commit_transaction() or abort_transaction() is part
+        of it. Needs ``transactional_id``; one transaction at a time."""
+        self._check_running("begin_transaction")
+        self._manager.begin_transaction()  # turns the fast path on (the manager's on_change)
+        self._txn_started = self._loop.time()
+
+    async def commit_transaction(self, timeout: Optional[float] = None) -> None:
+        """Deliver every record of the transaction, then commit it (EndTxn). Raises an ``AbortableError``
+        if a record failed (or the transaction outlived ``transaction_timeout_ms``): call
+        abort_transaction() then. A ``KafkaTimeoutError`` (``timeout``, default ``max_block_ms``) leaves the
+        commit under way: calling commit_transaction() again resumes it."""
+        self._check_running("commit_transaction")
+        manager = self._manager
+        if manager.state is TxnState.IN_TRANSACTION:
+            age = self._loop.time() - self._txn_started
+            if age * 1000.0 > self.config.transaction_timeout_ms:
+                # The coordinator aborts a transaction open longer than this (and bumps the epoch); say so
+                # here, where the application can still abort cleanly.
+                manager.abortable_error(errors.TransactionTimedOutError(
+                    f"transaction {manager.transactional_id!r} was open {age * 1000:.0f} ms, longer than "
+                    f"transaction_timeout_ms ({self.config.transaction_timeout_ms}): it cannot commit; abort it"))
+        manager.prepare_commit()
+        deadline = self._loop.time() + (self._max_block if timeout is None else timeout)
         try:
-            done = self._loop.create_future()
-            remaining = [len(pending)]
+            await self._sender.flush(max(deadline - self._loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            raise errors.KafkaTimeoutError(
+                f"commit_transaction(): records of transaction {manager.transactional_id!r} not delivered in "
+                "time; call commit_transaction() again to go on waiting") from None
+        await self._sender.transaction_requests_done()
+        if manager.state is not TxnState.COMMITTING:
+            manager.prepare_commit()  # raises the error that ended the commit (abortable or fatal)
+        if manager.needs_end_txn():
+            await self._fatal_guard(self._driver.end_transaction(True, max(deadline - self._loop.time(), 0.001)))
+        manager.end_succeeded()
 
-            def one_done(_completion) -> None:
-                remaining[0] -= 1
-                if remaining[0] == 0 and not done.done():
-                    done.set_result(None)
+    async def abort_transaction(self, timeout: Optional[float] = None) -> None:
+        """Abort the transaction: records not yet sent fail with ``TransactionAbortedError``, those in flight
+        are waited for, then EndTxn(abort) marks all of it aborted for read_committed consumers."""
+        self._check_running_or_closing("abort_transaction")
+        manager = self._manager
+        manager.prepare_abort()
+        deadline = self._loop.time() + (self._max_block if timeout is None else timeout)
+        cause = manager.error
+        error = errors.TransactionAbortedError(
+            f"record not sent: transaction {manager.transactional_id!r} was aborted"
+            + (f" after: {cause}" if cause is not None else ""))
+        error.__cause__ = cause
+        self._sender.abort_unsent(error)
+        try:
+            await self._sender.flush(max(deadline - self._loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            raise errors.KafkaTimeoutError(
+                f"abort_transaction(): requests of transaction {manager.transactional_id!r} still in flight; "
+                "call abort_transaction() again to go on waiting") from None
+        await self._sender.transaction_requests_done()
+        if manager.needs_end_txn():
+            await self._fatal_guard(self._driver.end_transaction(False, max(deadline - self._loop.time(), 0.001)))
+        manager.end_succeeded()
+        if manager.state is TxnState.INITIALIZING:
+            # Sequences of the aborted transaction are unknown: bump the epoch (our own id and epoch).
+            await self._fatal_guard(self._driver.init_producer_id(max(deadline - self._loop.time(), 0.001)))
+            self._accumulator.forget_sequences()
 
-            for completion in pending:
-                completion.add_batch_callback(one_done)
-            if timeout is None:
-                await done
-            else:
-                await asyncio.wait_for(done, timeout)
-        finally:
-            self._accumulator.flushing -= 1
+    async def _fatal_guard(self, request) -> None:
+        """Await a coordinator request; if it left the producer fatal (fenced...), nothing more is sent."""
+        try:
+            await request
+        except BaseException:
+            if self._manager.fatal and self._sender.fatal_error is None:
+                self._sender.fail(self._manager.error)
+            raise
+
+    def _check_running_or_closing(self, operation: str) -> None:
+        if self._state is State.CLOSING:
+            return  # stop() aborts what is left open
+        self._check_running(operation)
+
+    async def send_offsets_to_transaction(self, offsets, group_id: str, *, generation_id: int = -1,
+                                          member_id: str = "", group_instance_id: Optional[str] = None,
+                                          timeout: Optional[float] = None) -> None:
+        """Commit a consumer group's offsets as part of the transaction (consume-transform-produce).
+
+        ``offsets`` maps ``(topic, partition)`` to the next offset to consume (the last processed + 1); they
+        become visible to the group only if the transaction commits. ``generation_id``/``member_id``/
+        ``group_instance_id`` (KIP-447) let the group coordinator fence a consumer that lost its partitions.
+        """
+        self._check_running("send_offsets_to_transaction")
+        self._manager.check_can_send_offsets(group_id)
+        checked = {}
+        for key, offset in dict(offsets).items():
+            if (not isinstance(key, tuple) or len(key) != 2 or not isinstance(key[0], str)
+                    or type(key[1]) is not int or key[1] < 0):
+                raise ValueError(f"offsets keys must be (topic, partition) tuples, got {key!r}")
+            if type(offset) is not int or offset < 0:
+                raise ValueError(f"offset for {key[0]}-{key[1]} must be an int >= 0, got {offset!r}")
+            checked[key] = offset
+        if not checked:
+            raise ValueError("send_offsets_to_transaction() needs at least one offset")
+        await self._fatal_guard(self._driver.send_offsets(
+            checked, group_id, self._max_block if timeout is None else timeout, generation_id, member_id,
+            group_instance_id))
+
+    @contextlib.asynccontextmanager
+    async def transaction(self):
+        """``async with producer.transaction():`` commits when the block succeeds and aborts when it raises
+        (or when the commit fails with an ``AbortableError``), then re-raises."""
+        self.begin_transaction()
+        try:
+            yield self
+        except BaseException:
+            if not self._manager.fatal and self._manager.state in (
+                    TxnState.IN_TRANSACTION, TxnState.ABORTABLE_ERROR, TxnState.ABORTING):
+                await self.abort_transaction()
+            raise
+        try:
+            await self.commit_transaction()
+        except errors.AbortableError:
+            await self.abort_transaction()
+            raise
 
     # -- information --------------------------------------------------------------------------------------
     async def partitions_for(self, topic: str) -> list:

@@ -15,14 +15,18 @@ with ``errors.classify_produce_error``:
 Ordering: a partition's in-flight batches all go to one broker; nothing more of it is drained to another
 broker (after a leader change) until they are back, so a later batch can never overtake an earlier one.
 
-Idempotence (sequences, at most 5 in flight): after a retriable failure the partition is *blocked*: nothing
-new is drained for it until all its in-flight batches came back, then the retried ones go again in drain
-order, so the broker never sees a gap. A batch whose request got no answer (lost ack, timeout, cut) has an
-*unknown outcome*: the broker may have written it. It is only re-sent with its old producer id and sequence,
-so the broker recognises the duplicate. When the producer id must change (UNKNOWN_PRODUCER_ID after a broker
-restart, a sequence that will never be acknowledged), the sender first settles every batch of unknown
-outcome with the old identity, waits for everything in flight, and only then takes a new id and renumbers
-what is still queued, all of it known to be unwritten.
+Idempotence and transactions: the producer identity, the sequences, which batches are in doubt and which
+partitions are blocked belong to the ``TransactionManager`` (``transaction_manager.py``), not to the sender.
+The sender asks it, at drain, for each batch's ``(producer_id, epoch, base_sequence, transactional)`` and
+which partitions may be drained now, and reports every outcome to it: success, a retriable answer, an
+unknown outcome (no answer, or REQUEST_TIMED_OUT / NOT_ENOUGH_REPLICAS_AFTER_APPEND, which do not say
+whether the batch was written), "not written" (OUT_OF_ORDER_SEQUENCE, UNKNOWN_PRODUCER_ID), failure. The
+manager's rules (see its docstring): a blocked partition waits for all its in-flight batches; a batch in doubt
+is only re-sent under its old identity; an identity reset waits until nothing is in doubt or in flight. The
+sender runs the requests the manager asks for (InitProducerId for a reset, one AddPartitionsToTxn for the
+partitions a drain pass found new to the transaction) in tasks of their own, through ``transactions.py``.
+The batches themselves belong to the accumulator: the sender drains, requeues and clears them through its
+methods.
 
 Delivery timeout: every record fails within ``delivery_timeout_ms`` whatever the broker does, so nothing the
 loop awaits may hold up expiry. The loop never awaits I/O: InitProducerId runs in a task of its own (while it
@@ -33,7 +37,8 @@ counts as in flight (its partition sends nothing to another broker, an identity 
 request is answered or cut, and that answer only clears the slot. Its sequence is burnt: if the broker never
 wrote it, the partition's later sequences would leave a gap (OUT_OF_ORDER_SEQUENCE for ever), and if it did,
 re-sending it would duplicate it. So an idempotent producer takes a new producer id once everything in flight
-is back (as for any other failed batch that had a sequence, ``_settle_error``); under the new id the queued
+is back (as for any other failed batch that had a sequence; a transactional producer aborts instead, see the
+manager); under the new id the queued
 batches, known to be unwritten, are renumbered from 0: no gap, and no record is sent twice, because the
 expired batch itself is never re-sent.
 """
@@ -47,27 +52,14 @@ from typing import Any, Optional
 
 from . import errors
 from .errors import ProduceAction, classify_produce_error
-from .protocol import InitProducerIdRequest, ProduceRequest
+from .protocol import ProduceRequest
 from .protocol.produce import encode_produce_request
 
 log = logging.getLogger("aiokprod.sender")
 
-SEQUENCE_MASK = 0x7FFFFFFF  # sequences are int32 and wrap to 0 after 2**31 - 1, as in the Java client
-
-
-class ProducerIdentity:
-    """The idempotent producer's id and epoch, and whether they must be (re)acquired."""
-
-    __slots__ = ("producer_id", "producer_epoch", "needs_reset")
-
-    def __init__(self) -> None:
-        self.producer_id = -1
-        self.producer_epoch = -1
-        self.needs_reset = True
-
 
 class Sender:
-    def __init__(self, config, cluster, accumulator, hooks, on_fatal=lambda: None,
+    def __init__(self, config, cluster, accumulator, hooks, manager, driver, on_fatal=lambda: None,
                  on_abandoned=lambda count: None, on_batch_failed=None) -> None:
         from .connection import RESPONSE_CLASSES
 
@@ -76,9 +68,11 @@ class Sender:
         self.accumulator = accumulator
         self.hooks = hooks  # aiokprod/hooks.py: told per batch and per request (the metrics are one)
         self.on_batch_failed = on_batch_failed  # the producer's on_delivery_error reporter, if any
+        self.manager = manager  # the TransactionManager: identity, sequences, in-doubt batches, transaction
+        self.driver = driver    # sends the requests the manager asks for (transactions.py)
         self.acks = config.acks_value
         self.idempotent = config.idempotent
-        self.identity = ProducerIdentity()
+        self.transactional = manager.transactional
         self.max_in_flight = config.max_in_flight_requests_per_connection
         self.in_flight_batches: set = set()
         self.fatal_error: Optional[BaseException] = None
@@ -94,11 +88,16 @@ class Sender:
         # InitProducerId in flight (a task, so that the loop never waits for it) and when it may be retried.
         self._identity_task: Optional[asyncio.Task] = None
         self._identity_retry_at = 0.0
+        # AddPartitionsToTxn in flight (one at a time, for every partition a drain pass found new).
+        self._partitions_task: Optional[asyncio.Task] = None
         # Batches failed by delivery timeout while their request is in flight: their handles are settled, but
         # they stay in in_flight_batches (and their partition's in-flight count) until the request ends.
         self._expired_in_flight: set = set()
         self._closing = False
         self._random = random.Random()
+        head = accumulator.head
+        self._manager_sendable = lambda queue: manager.sendable(queue.topic, queue.partition,
+                                                                head(queue).base_sequence >= 0)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -122,22 +121,21 @@ class Sender:
             except (asyncio.CancelledError, Exception):
                 pass
             self._task = None
-        if self._identity_task is not None:
-            self._identity_task.cancel()
-            try:
-                await self._identity_task
-            except BaseException:  # its outcome no longer matters; its done-callback logged failures
-                pass
-            self._identity_task = None
+        for name in ("_identity_task", "_partitions_task"):
+            task = getattr(self, name)
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except BaseException:  # its outcome no longer matters; its done-callback logged failures
+                    pass
+                setattr(self, name, None)
         self._fail_everything(error)
 
     def _fail_everything(self, error: BaseException) -> None:
-        for batch in list(self.accumulator.all_batches()) + list(self.in_flight_batches):
+        for batch in self.accumulator.take_all() + list(self.in_flight_batches):
             if batch not in self._expired_in_flight:  # those were failed already, with the timeout
                 self._fail(batch, error)
-        for queue in self.accumulator.queues.values():
-            queue.batches.clear()
-            queue.in_flight = 0
         self.in_flight_batches.clear()
         self._expired_in_flight.clear()
 
@@ -158,6 +156,73 @@ class Sender:
         self._fail_everything(self.fatal_error)
         self.on_abandoned(count)
 
+    def fail(self, error: BaseException) -> None:
+        """The producer can go no further (a coordinator answered fenced, say): fail everything, send nothing."""
+        self._fatal(error)
+
+    def _fatal(self, error: BaseException) -> None:
+        """Nothing more can be sent (a bug, or a fatal error: fenced, not authorised)."""
+        if self.fatal_error is not None:
+            return
+        self.fatal_error = error
+        if self.idempotent:
+            self.manager.fatal_error(error)
+        self.on_fatal()
+        self._fail_everything(error)
+
+    # -- below the facade: flush and abort ------------------------------------------------------------------
+    async def flush(self, timeout: Optional[float] = None) -> None:
+        """Send everything buffered now, and wait until it is delivered or failed (``asyncio.TimeoutError``
+        after ``timeout`` seconds)."""
+        loop = asyncio.get_running_loop()
+        completions = [batch.completion for batch in self.accumulator.all_batches()]
+        completions += [batch.completion for batch in self.in_flight_batches]
+        pending = [c for c in completions if not c.done]
+        if not pending:
+            # A batch answered just before this call has left the sender's books but its handles turn
+            # done only in its loop callback, already scheduled: yield once so that it runs (callbacks
+            # run FIFO), and every record sent before flush() is done when flush() returns.
+            await asyncio.sleep(0)
+            return
+        self.accumulator.flushing += 1
+        self.wakeup()
+        try:
+            done = loop.create_future()
+            remaining = [len(pending)]
+
+            def one_done(_completion) -> None:
+                remaining[0] -= 1
+                if remaining[0] == 0 and not done.done():
+                    done.set_result(None)
+
+            for completion in pending:
+                completion.add_batch_callback(one_done)
+            if timeout is None:
+                await done
+            else:
+                await asyncio.wait_for(done, timeout)
+        finally:
+            self.accumulator.flushing -= 1
+
+    def abort_unsent(self, error: BaseException) -> int:
+        """Fail every batch never sent (an aborted transaction); retries stay to be settled. Returns how many
+        records were failed."""
+        failed = 0
+        for batch in self.accumulator.take_unsent():
+            failed += len(batch.builder)
+            self._settle_error(batch, error, returned=False)
+        self.wakeup()
+        return failed
+
+    async def transaction_requests_done(self) -> None:
+        """Wait for an AddPartitionsToTxn in flight (EndTxn must not overtake it)."""
+        task = self._partitions_task
+        if task is not None:
+            try:
+                await asyncio.shield(task)
+            except Exception:  # noqa: BLE001 - its done-callback handled it; the manager holds the error
+                pass
+
     # -- the loop -----------------------------------------------------------------------------------------
     async def _run(self) -> None:
         # After a fatal error everything is failed and the producer refuses records: the task ends (it
@@ -171,10 +236,9 @@ class Sender:
                 raise
             except Exception as exc:  # a bug must not leave every handle pending: fail loudly instead
                 log.exception("aiokprod sender failed; the producer cannot send any more")
-                self.fatal_error = errors.KafkaError(f"the producer's sender failed: {exc!r}")
-                self.fatal_error.__cause__ = exc
-                self.on_fatal()
-                self._fail_everything(self.fatal_error)
+                error = errors.KafkaError(f"the producer's sender failed: {exc!r}")
+                error.__cause__ = exc
+                self._fatal(error)
                 return
 
     async def _turn(self) -> None:
@@ -188,18 +252,13 @@ class Sender:
         if now - self.cluster.last_refresh > metadata_age:
             self.cluster.request_refresh()
         next_check: Optional[float] = None
-        sendable = _always
-        if self.idempotent and self.identity.needs_reset:
-            if self._unknown_outcomes_pending():
-                # Settle them with the old identity first (see the module docstring).
-                sendable = _only_unknown_outcome
-            else:
-                # Answers to the old identity must come back before a new one is taken; a response wakes us.
-                sendable = None
-                if not self.in_flight_batches:
-                    next_check = self._reset_identity(now)
+        sendable = self._sendable(now)
         if sendable is not None:
             next_check = self._send_ready(now, sendable)
+            if self.transactional and self._partitions_task is None:
+                self._add_partitions()
+        elif self._identity_task is None and self._needs_identity():
+            next_check = self._reset_identity(now)
         # Wake for the next expiry too: the in-flight window may be full, or a connection still opening,
         # and neither wakes us when a queued batch's deadline passes.
         deadline = self._earliest_deadline()
@@ -208,6 +267,27 @@ class Sender:
         if next_check is None:
             next_check = metadata_age
         await self._sleep_or_wakeup(max(next_check, 0.0005))
+
+    def _sendable(self, now: float):
+        """Which queues may be drained now (a filter for ``accumulator.ready``), or None for none at all."""
+        if not self.idempotent:
+            return _always
+        manager = self.manager
+        if manager.reset_pending:
+            # Settle the batches in doubt under the old identity first (the manager lets only their
+            # partitions through); once none is left and nothing is in flight, a new identity.
+            return self._manager_sendable if manager.in_doubt else None
+        if manager.has_identity:
+            return self._manager_sendable
+        return None
+
+    def _needs_identity(self) -> bool:
+        """An idempotent producer acquires (or resets) its identity here; a transactional one does so in
+        start() and after an abort, awaited by the caller."""
+        manager = self.manager
+        if manager.transactional or manager.fatal or self.in_flight_batches:
+            return False
+        return manager.needs_init and (not manager.reset_pending or manager.reset_allowed())
 
     def _earliest_deadline(self) -> Optional[float]:
         deadline = self.accumulator.earliest_deadline()
@@ -218,16 +298,20 @@ class Sender:
         return deadline
 
     def _reset_identity(self, now: float) -> Optional[float]:
-        """Start InitProducerId in a task of its own (unless one runs or is backing off); return when to look
-        again, or None to wait for its wake-up."""
-        if self._identity_task is not None:
-            return None
+        """Start InitProducerId in a task of its own (unless it is backing off); return when to look again,
+        or None to wait for its wake-up."""
         if now < self._identity_retry_at:
             return self._identity_retry_at - now
         task = self._identity_task = asyncio.get_running_loop().create_task(
-            self._init_producer_id(), name="aiokprod-init-producer-id")
+            self._acquire_identity(), name="aiokprod-init-producer-id")
         task.add_done_callback(self._identity_done)
         return None
+
+    async def _acquire_identity(self) -> None:
+        await self.driver.init_producer_id()
+        # In the same step as the new identity (no sender turn in between): what is queued is known to be
+        # unwritten and is numbered again at its next drain.
+        self.accumulator.forget_sequences()
 
     def _identity_done(self, task: asyncio.Task) -> None:
         self._identity_task = None
@@ -240,7 +324,7 @@ class Sender:
         # Retriable or not, the next try waits retry_backoff_ms (after a fatal error the producer takes no
         # more records, but one that is stopped late must not dial the broker in a loop meanwhile).
         self._identity_retry_at = time.monotonic() + self.config.retry_backoff_ms / 1000.0
-        if isinstance(exc, errors.KafkaError) and exc.retriable:
+        if isinstance(exc, errors.KafkaError) and exc.retriable and not self.manager.fatal:
             log.warning("InitProducerId failed: %s", exc)
             self.wakeup()
             return
@@ -250,14 +334,26 @@ class Sender:
             log.warning("InitProducerId failed: %s", exc)
         if self._closing:
             return
-        self.fatal_error = exc
-        self.on_fatal()
-        self._fail_everything(exc)
+        self._fatal(exc)
 
-    def _unknown_outcomes_pending(self) -> bool:
-        if any(batch.outcome_unknown for batch in self.in_flight_batches):
-            return True
-        return any(queue.batches and queue.batches[0].outcome_unknown for queue in self.accumulator.queues.values())
+    def _add_partitions(self) -> None:
+        """One AddPartitionsToTxn for every partition this drain pass found new to the transaction."""
+        partitions = self.manager.partitions_to_add()
+        if not partitions:
+            return
+        task = self._partitions_task = asyncio.get_running_loop().create_task(
+            self.driver.add_partitions(partitions), name="aiokprod-add-partitions-to-txn")
+        task.add_done_callback(self._partitions_done)
+
+    def _partitions_done(self, task: asyncio.Task) -> None:
+        self._partitions_task = None
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                log.warning("AddPartitionsToTxn failed: %s", exc)
+                if self.manager.fatal and not self._closing:
+                    self._fatal(exc)
+        self.wakeup()
 
     async def _sleep_or_wakeup(self, delay: float) -> None:
         # A timer that sets the event, not asyncio.wait_for: no task per wait, and no lost cancellation.
@@ -267,27 +363,12 @@ class Sender:
         finally:
             timer.cancel()
 
-    async def _init_producer_id(self) -> None:
-        connection = await self.cluster.any_connection()
-        # Some brokers (Tansu) refuse InitProducerId below v3; the negotiated version is the highest common.
-        version = connection.version_for(InitProducerIdRequest)
-        response = await connection.request(
-            InitProducerIdRequest(transactional_id=None,
-                                  transaction_timeout_ms=self.config.transaction_timeout_ms,
-                                  producer_id=-1, producer_epoch=-1), version)
-        if response.error_code:
-            raise errors.for_code(response.error_code, "InitProducerId failed")
-        self.identity.producer_id = response.producer_id
-        self.identity.producer_epoch = response.producer_epoch
-        self.identity.needs_reset = False
-        self.accumulator.reset_sequences()
-        log.debug("producer id %s epoch %s", response.producer_id, response.producer_epoch)
-
     def _send_ready(self, now: float, sendable) -> Optional[float]:
         cluster = self.cluster
+        accumulator = self.accumulator
         max_in_flight = self.max_in_flight
         one_at_a_time = max_in_flight == 1 and not self.idempotent
-        ready, next_check = self.accumulator.ready(now, sendable)
+        ready, next_check = accumulator.ready(now, sendable)
         if not ready:
             return next_check
         by_node: dict[int, list] = {}
@@ -297,7 +378,7 @@ class Sender:
             if node < 0:
                 unknown_leader = True
                 continue
-            if queue.in_flight and (one_at_a_time or queue.in_flight_node != node):
+            if accumulator.in_flight_elsewhere(queue, node) or (one_at_a_time and accumulator.has_in_flight(queue)):
                 # The leader moved: first the batches in flight to the old one must come back. Without
                 # idempotence and with max_in_flight 1, a partition is muted while a batch of it is in flight,
                 # as in the Java client: the per-connection limit alone does not keep order, because a cut
@@ -325,37 +406,31 @@ class Sender:
 
     def _send_to(self, connection, node: int, queues) -> None:
         """Drain one batch per partition (up to max_request_size) into one Produce request."""
+        accumulator = self.accumulator
         version = connection.version_for(ProduceRequest, 3)  # magic-2 record batches need v3+
         if version < 7 and self.config.compression_type == "zstd":
             error = errors.UnsupportedVersionError(
                 f"zstd needs Produce v7, broker {connection.host}:{connection.port} supports up to v{version}")
             for queue in queues:
-                self._settle_error(queue.batches.popleft(), error)
+                self._settle_error(accumulator.pop_head(queue), error, returned=False)
             return
         idempotent = self.idempotent
-        identity = self.identity
-        accumulator = self.accumulator
+        manager = self.manager
         budget = self.config.max_request_size
         self._random.shuffle(queues)  # fairness between partitions when the request fills up
         batches = []
         for queue in queues:
-            batch = queue.batches[0]
+            batch = accumulator.head(queue)
             if batches and batch.builder.size_in_bytes > budget:
                 continue  # the next request takes it
-            if not idempotent:
-                batch.freeze(-1, -1, -1, False)
-            elif batch.base_sequence < 0:
-                # Sequences are assigned here, at drain time, so they follow the order batches are sent in.
-                batch.freeze(identity.producer_id, identity.producer_epoch, queue.next_sequence, False)
-                queue.next_sequence = (queue.next_sequence + batch.record_count) & SEQUENCE_MASK
+            if idempotent:
+                # Sequences are assigned here, at drain time, so they follow the order batches are sent in;
+                # a retry keeps its identity and sequence (the payload is reused as is).
+                batch.freeze(*manager.on_drain(batch, len(batch.builder)))
             else:
-                # A retry keeps its identity and sequence (the payload is reused as is).
-                batch.freeze(batch.producer_id, batch.producer_epoch, batch.base_sequence, False)
+                batch.freeze(-1, -1, -1, False)
             budget -= len(batch.payload)
-            queue.batches.popleft()
-            queue.in_flight += 1
-            queue.in_flight_node = node
-            accumulator.mark_drained(batch)
+            accumulator.drain_head(queue, node)
             batch.attempts += 1
             batches.append(batch)
             self.in_flight_batches.add(batch)
@@ -368,8 +443,8 @@ class Sender:
         topics: dict[str, list] = {}
         for batch in batches:
             topics.setdefault(batch.topic, []).append((batch.partition, batch.payload))
-        buffers = encode_produce_request(version, correlation_id, self.config.client_id, None, self.acks,
-                                         self.config.request_timeout_ms, list(topics.items()))
+        buffers = encode_produce_request(version, correlation_id, self.config.client_id, manager.transactional_id,
+                                         self.acks, self.config.request_timeout_ms, list(topics.items()))
         future = connection.send_frame(buffers, correlation_id, ProduceRequest.API_KEY, version,
                                        response_class=self._produce_response)
         if self.hooks.on_request_sent:
@@ -401,35 +476,35 @@ class Sender:
             if batch not in self.in_flight_batches:
                 continue  # settled already (producer closed)
             self.in_flight_batches.discard(batch)
-            queue = self.accumulator.queues[(batch.topic, batch.partition)]
-            queue.in_flight -= 1
+            self.accumulator.returned(batch)
             if batch in self._expired_in_flight:
                 # Failed at its deadline already (see the module docstring); this answer only frees the slot.
                 # Written or not, its sequence was given up and the identity reset is under way.
                 self._expired_in_flight.discard(batch)
+                if self.idempotent:
+                    self.manager.release(batch)
             elif error is not None:
                 # No answer: the broker may or may not have written it. Retry with the same sequence.
-                batch.outcome_unknown = True
-                self._retry(batch, error, refresh=True)
+                self._retry(batch, error, _UNKNOWN, refresh=True)
             elif self.acks == 0:
                 self._succeed(batch, -1, -1)
             else:
                 part = by_partition.get((batch.topic, batch.partition))
                 if part is None:
-                    batch.outcome_unknown = True
                     self._retry(batch, errors.KafkaError(
-                        f"no answer for {batch.topic}-{batch.partition} in the Produce response"), refresh=False)
+                        f"no answer for {batch.topic}-{batch.partition} in the Produce response"), _UNKNOWN,
+                        refresh=False)
                 else:
-                    batch.outcome_unknown = False  # a definite answer, whatever it says
-                    self._settle_partition(batch, queue, part)
-            if queue.blocked and queue.in_flight == 0:
-                queue.blocked = False
+                    self._settle_partition(batch, part)
         self.wakeup()
 
-    def _settle_partition(self, batch, queue, part) -> None:
+    def _settle_partition(self, batch, part) -> None:
         code = part.error_code
-        action = classify_produce_error(code, idempotent=self.idempotent,
-                                        earlier_batch_failed=queue.blocked or self._earlier_in_doubt(batch))
+        idempotent = self.idempotent
+        action = classify_produce_error(
+            code, idempotent=idempotent,
+            earlier_batch_failed=idempotent and (self.manager.blocked(batch.topic, batch.partition)
+                                                 or self._earlier_in_doubt(batch)))
         if action is ProduceAction.SUCCEED:
             # DUPLICATE_SEQUENCE_NUMBER lands here too: an earlier attempt was written, its answer lost.
             self._succeed(batch, part.base_offset, part.log_append_time_ms)
@@ -437,16 +512,28 @@ class Sender:
         error = errors.for_code(code, getattr(part, "error_message", None), topic=batch.topic,
                                 partition=batch.partition)
         if action is ProduceAction.RESET_AND_RETRY:
-            # The broker forgot our producer id, or its sequences and ours diverged: start over with a
-            # new id once nothing of unknown outcome is left (see _turn). This batch was not written.
-            self.identity.needs_reset = True
-            self._retry(batch, error, refresh=False)
+            # The broker forgot our producer id, or its sequences and ours diverged: this batch is not in
+            # its log. A new identity once nothing in doubt is left (idempotent); a transactional producer
+            # cannot renumber inside a transaction: the batch fails and the transaction must be aborted.
+            self.manager.on_not_written(batch)
+            self.manager.request_reset(error)
+            if self.transactional:
+                self._settle_error(batch, error, returned=False)
+            else:
+                self._retry(batch, error, None, refresh=False)
+        elif action is ProduceAction.RETRY_UNSURE:
+            # REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND: the broker may have written it.
+            self._retry(batch, error, _UNKNOWN, refresh=False)
         elif action is ProduceAction.RETRY:
-            self._retry(batch, error, refresh=False)
+            self._retry(batch, error, _RETRIABLE, refresh=False)
         elif action is ProduceAction.REFRESH_AND_RETRY:
-            self._retry(batch, error, refresh=True)
+            self._retry(batch, error, _RETRIABLE, refresh=True)
+        elif self.transactional and isinstance(error, errors.FatalError):
+            # PRODUCER_FENCED, INVALID_PRODUCER_EPOCH...: a newer instance owns the transactional id.
+            self._settle_error(batch, error, returned=True)
+            self._fatal(error)
         else:
-            self._settle_error(batch, error)
+            self._settle_error(batch, error, returned=True)
 
     def _earlier_in_doubt(self, batch) -> bool:
         """Is an earlier batch of the same partition in flight or waiting for its retry? Then an
@@ -455,43 +542,51 @@ class Sender:
         for other in self.in_flight_batches:
             if other.partition == partition and other.topic == topic and other.drain_order < order:
                 return True
-        queue = self.accumulator.queues[(topic, partition)]
-        return bool(queue.batches) and 0 <= queue.batches[0].drain_order < order
+        head = self.accumulator.head_of(topic, partition)
+        return head is not None and 0 <= head.drain_order < order
 
     def _succeed(self, batch, base_offset: int, log_append_time: int) -> None:
+        if self.idempotent:
+            self.manager.on_success(batch)
         self.accumulator.batch_done(batch)
         for fn in self.hooks.on_batch_acknowledged:
             fn(batch.topic, batch.partition, batch.record_count, base_offset, len(batch.payload))
         batch.completion.resolve(base_offset, log_append_time if log_append_time is not None else -1)
 
-    def _retry(self, batch, error: BaseException, refresh: bool) -> None:
+    def _retry(self, batch, error: BaseException, outcome, refresh: bool) -> None:
+        """The batch came back without success: report how (``outcome``: _UNKNOWN, _RETRIABLE, or None when
+        reported already) and requeue it, or fail it if its time or retries are spent."""
+        if self.idempotent:
+            if outcome is _UNKNOWN:
+                self.manager.on_unknown(batch)
+            elif outcome is _RETRIABLE:
+                self.manager.on_retriable(batch)
         batch.last_error = error
         now = time.monotonic()
         retries = self.config.retries
         if now >= batch.deadline:
-            self._settle_error(batch, _delivery_failed(batch, error, now))
+            self._settle_error(batch, _delivery_failed(batch, error, now), returned=False)
             return
         if self._closing:
-            self._settle_error(batch, _gave_up(batch, error, retries, True))
+            self._settle_error(batch, _gave_up(batch, error, retries, True), returned=False)
             return
         if retries is not None and batch.attempts > retries:
-            self._settle_error(batch, _retries_exhausted(batch, error, retries))
+            self._settle_error(batch, _retries_exhausted(batch, error, retries), returned=False)
             return
         for fn in self.hooks.on_batch_retry:
             fn(batch.topic, batch.partition, batch.record_count, error, batch.attempts)
-        queue = self.accumulator.queues[(batch.topic, batch.partition)]
-        if self.idempotent:
-            queue.blocked = True
         backoff = min(self.config.retry_backoff_ms * (2 ** (batch.attempts - 1)), self.config.retry_backoff_max_ms)
         backoff *= self._random.uniform(0.8, 1.2)  # jitter: retries of many producers do not align
         self.accumulator.requeue(batch, now + backoff / 1000.0)
         if refresh:
             self.cluster.request_refresh()
 
-    def _settle_error(self, batch, error: BaseException) -> None:
-        if self.idempotent and batch.base_sequence >= 0:
-            # A sequence was used and will never be acknowledged: later batches would leave a gap.
-            self.identity.needs_reset = True
+    def _settle_error(self, batch, error: BaseException, returned: bool) -> None:
+        """The batch fails. ``returned``: this is also the end of its request (not reported yet)."""
+        if self.idempotent:
+            # A sequence that will never be acknowledged: the manager resets the identity (or, in a
+            # transaction, makes it abortable).
+            self.manager.on_failed(batch, error, in_flight=returned)
         self._fail(batch, error)
 
     def _fail(self, batch, error: BaseException) -> None:
@@ -506,15 +601,20 @@ class Sender:
 
     def _expire(self, now: float) -> None:
         for batch in self.accumulator.expired(now):
-            self._settle_error(batch, _delivery_failed(batch, batch.last_error, now))
+            self._settle_error(batch, _delivery_failed(batch, batch.last_error, now), returned=False)
         expired = self._expired_in_flight
         for batch in self.in_flight_batches:
             if batch.deadline <= now and batch not in expired:
                 # In flight, no answer yet: fail it now rather than when the request times out (the
                 # Java client does the same); it keeps its in-flight slot until the request ends.
                 expired.add(batch)
-                self._settle_error(batch, _delivery_failed(batch, batch.last_error, now, in_flight=True))
+                self._settle_error(batch, _delivery_failed(batch, batch.last_error, now, in_flight=True),
+                                   returned=False)
 
+
+# How a batch came back, as _retry reports it to the manager.
+_UNKNOWN = "unknown"
+_RETRIABLE = "retriable"
 
 def _delivery_failed(batch, cause, now: float, in_flight: bool = False) -> errors.DeliveryTimeoutError:
     waited = now - batch.created
@@ -562,10 +662,6 @@ def _retries_exhausted(batch: Any, cause: BaseException, retries: int) -> errors
 
 def _always(queue) -> bool:
     return True
-
-
-def _only_unknown_outcome(queue) -> bool:
-    return queue.batches[0].outcome_unknown
 
 
 def _min(a: Optional[float], b: float) -> float:

@@ -25,6 +25,12 @@ Faults (each applies to the next ``count`` matching requests; ``count=None`` mea
 * :meth:`cut_before`: close the client's connection when a matching request arrives, without
   forwarding it (the write certainly did not happen).
 * :meth:`fail_produce`: answer the next Produce of a partition with an error code of your choice.
+* :meth:`inject_error`: answer the next request of *any* API with an error code. ``after_write=False``
+  (default): the broker never sees the request, the proxy answers it (for a Produce, per partition; for
+  AddPartitionsToTxn and TxnOffsetCommit, every partition of the request). ``after_write=True``: the
+  request reaches the broker (the write, the commit, the registration happens) and every error code of
+  its answer is replaced (for a Produce, only the matching partitions'): the client is told it failed.
+  :attr:`injected` counts them per API name.
 * :meth:`cut_connections`: close every connection now.
 * :meth:`fail_requests`: answer the next non-Produce requests of an API (e.g. InitProducerId) with an
   error code, without forwarding them (the broker never sees them).
@@ -46,6 +52,8 @@ tests can assert routing; :attr:`forwarded_records` counts the records of the Pr
 passed on to the broker (proof that bytes left the client, acks=0 included); :attr:`produce_log` keeps,
 per Produce request, its virtual broker and the (topic, partition, record-set bytes) it carried;
 :attr:`max_outstanding` is the most answers one connection was owed at once; :meth:`wait_for` polls them.
+:meth:`record_requests` keeps the decoded requests of the APIs it names (``recorded["InitProducerId"]``),
+for tests that check what a request said.
 
 The proxy runs on its own event loop in a background thread (see ``proxy_thread``), so sync and async tests
 can use it and a test blocking its own loop does not stall it. Public methods are thread-safe.
@@ -70,6 +78,7 @@ from typing import Callable
 
 from aiokprod.protocol import (
     API_NAMES,
+    MESSAGES,
     ApiVersionsResponse,
     decode_response_header,
     FindCoordinatorResponse,
@@ -111,6 +120,7 @@ class _Fault:
     """One fault rule. ``None`` in a filter field matches anything."""
 
     kind: str                     # "delay" | "lose" | "cut_before" | "error" | "fail_request" | "omit"
+                                  # | "api_error" | "error_after_write" (inject_error)
     api_key: int | None = None
     node_id: int | None = None
     topic: str | None = None
@@ -157,6 +167,10 @@ class _InFlight:
     local_errors: list[tuple[str, int, int, str | None]] = field(default_factory=list)
     lose: _Fault | None = None
     omitted: list[tuple[str, int]] = field(default_factory=list)  # partitions to leave out of the answer
+    # inject_error(after_write=True): the error codes to put in the broker's answer. For a Produce,
+    # (topic, partition, code, message) per partition; for any other API, one fault for the whole answer.
+    written_errors: list[tuple[str, int, int, str | None]] = field(default_factory=list)
+    api_error: _Fault | None = None
 
 
 class KafkaProxy(ThreadedProxy):
@@ -191,6 +205,10 @@ class KafkaProxy(ThreadedProxy):
         self.produce_partitions: Counter[tuple[int, str, int]] = Counter()
         # what the proxy did: "not_leader", "injected_error", "lost_response", "cut_before", "delayed"
         self.events: Counter[str] = Counter()
+        # API name -> error codes injected into its answers by inject_error (before or after the write)
+        self.injected: Counter[str] = Counter()
+        # API name -> decoded requests, for the APIs named in record_requests()
+        self.recorded: dict[str, list] = {}
         # (topic, partition) -> records in the Produce batches forwarded to the broker
         self.forwarded_records: Counter[tuple[str, int]] = Counter()
         self.connections_accepted = 0
@@ -335,6 +353,33 @@ class KafkaProxy(ThreadedProxy):
         with self._lock:
             self._deleted_topics.discard(topic)
 
+    def inject_error(self, api: int | str, error_code: int, *, after_write: bool = False,
+                     count: int | None = 1, node_id: int | None = None, topic: str | None = None,
+                     partition: int | None = None, message: str | None = None) -> None:
+        """Answer the next ``count`` matching requests of ``api`` with ``error_code``.
+
+        ``after_write=False``: not forwarded; the proxy answers. ``after_write=True``: forwarded, and the
+        broker's answer has its error codes replaced, so what the request did stays done. ``topic`` and
+        ``partition`` filter Produce partitions (only those are failed; the rest of the request goes on).
+        """
+        key = _api_key(api)
+        if key == PRODUCE and not after_write:
+            self.fail_produce(topic, partition, error_code, count=count, node_id=node_id, message=message)
+            return
+        if key != PRODUCE and (topic is not None or partition is not None):
+            raise ValueError("topic/partition filters apply to Produce only")
+        if key not in MESSAGES:
+            raise ValueError(f"unknown API {api!r}")
+        kind = "error_after_write" if after_write else "api_error"
+        self._add_fault(_Fault(kind, key, node_id, topic, partition, remaining=count,
+                               error_code=error_code, error_message=message))
+
+    def record_requests(self, *apis: int | str) -> None:
+        """Keep every request of these APIs, decoded, in ``recorded[api name]`` (in arrival order)."""
+        with self._lock:
+            for api in apis:
+                self.recorded.setdefault(API_NAMES[_api_key(api)], [])
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
@@ -449,6 +494,9 @@ class KafkaProxy(ThreadedProxy):
             api_name = API_NAMES.get(info.api_key, str(info.api_key))
             with self._lock:
                 self.requests[(node_id, api_name)] += 1
+                recorded = self.recorded.get(api_name)
+            if recorded is not None:
+                recorded.append(MESSAGES[info.api_key][0].decode(info.body(payload), info.api_version))
 
             expects_response = True
             local_errors: list[tuple[str, int, int, str | None]] = []
@@ -475,12 +523,28 @@ class KafkaProxy(ThreadedProxy):
             delay = delay_rule.delay if delay_rule else 0.0
 
             future = loop.create_future()
+            written_errors: list = []
+            api_error = None
+            if info.api_key == PRODUCE:
+                written_errors = self._produce_errors_after_write(node_id, partitions or [])
+            elif expects_response and local_answer is None:
+                local = self._take_fault("api_error", info.api_key, node_id)
+                if local is not None:  # inject_error(after_write=False): the broker never sees it
+                    self._count_injected(info)
+                    future.set_result(self._error_response(info, payload, local))
+                    order.put_nowait((future, delay, info.api_key))
+                    order.owed += 1
+                    self.max_outstanding = max(self.max_outstanding, order.owed)
+                    continue
+                api_error = self._take_fault("error_after_write", info.api_key, node_id)
             if forward is not None:
                 if info.api_key == PRODUCE and not expects_response:
                     # Tansu answers some acks=0 Produce requests anyway; the client expects nothing.
                     acks0_ids.add(info.correlation_id)
                 if expects_response:
                     entry = _InFlight(info, future, local_errors, omitted=omitted)
+                    entry.written_errors = written_errors
+                    entry.api_error = api_error
                     entry.lose = self._take_fault("lose", info.api_key, node_id, partitions)
                     inflight[info.correlation_id] = entry
                 up_writer.write(frame(forward))
@@ -598,11 +662,13 @@ class KafkaProxy(ThreadedProxy):
 
     def _rewrite_response(self, entry: _InFlight, payload: bytes) -> bytes:
         info = entry.info
+        if entry.api_error is not None:
+            return self._rewrite_error_codes(entry, payload)
         if info.api_key == API_VERSIONS:
             return self._rewrite_api_versions(info, payload)
         if info.api_key not in (METADATA, FIND_COORDINATOR, PRODUCE):
             return payload
-        if info.api_key == PRODUCE and not entry.local_errors and not entry.omitted:
+        if info.api_key == PRODUCE and not entry.local_errors and not entry.omitted and not entry.written_errors:
             return payload
         _, body_offset = decode_response_header(payload, info.response_header_version)
         body = memoryview(payload)[body_offset:]
@@ -612,9 +678,82 @@ class KafkaProxy(ThreadedProxy):
             message = self._rewrite_coordinator(FindCoordinatorResponse.decode(body, info.api_version))
         else:
             message = ProduceResponse.decode(body, info.api_version)
+            self._set_written_produce_errors(message, entry.written_errors)
             self._omit_partitions(message, entry.omitted)
             self._add_local_produce_errors(message, info, entry.local_errors)
         return bytes(payload[:body_offset]) + message.encode(info.api_version)
+
+    # ---------------------------------------------------------------- injected error codes (any API)
+
+    def _count_injected(self, info) -> None:
+        self.events["injected_error"] += 1
+        with self._lock:
+            self.injected[API_NAMES.get(info.api_key, str(info.api_key))] += 1
+
+    def _produce_errors_after_write(self, node_id, partitions) -> list:
+        result = []
+        for tp in partitions:
+            fault = self._take_fault("error_after_write", PRODUCE, node_id, [tp])
+            if fault is not None:
+                result.append((*tp, fault.error_code, fault.error_message))
+        return result
+
+    def _set_written_produce_errors(self, response, written_errors) -> None:
+        if not written_errors:
+            return
+        wanted = {(t, p): (code, message) for t, p, code, message in written_errors}
+        for topic in response.responses:
+            for part in topic.partition_responses:
+                hit = wanted.get((topic.name, part.index))
+                if hit is not None:
+                    part.error_code, part.error_message = hit
+                    part.base_offset = -1
+                    self.events["injected_error"] += 1
+                    with self._lock:
+                        self.injected["Produce"] += 1
+
+    def _rewrite_error_codes(self, entry: _InFlight, payload: bytes) -> bytes:
+        """The broker did what was asked; its answer now says ``code`` wherever it has an error code."""
+        info, fault = entry.info, entry.api_error
+        _, body_offset = decode_response_header(payload, info.response_header_version)
+        response_class = MESSAGES[info.api_key][1]
+        message = response_class.decode(memoryview(payload)[body_offset:], info.api_version)
+        _set_error_codes(message, fault.error_code, fault.error_message)
+        self._count_injected(info)
+        return bytes(payload[:body_offset]) + message.encode(info.api_version)
+
+    def _error_response(self, info, payload: bytes, fault: _Fault) -> bytes:
+        """The proxy's own answer to a request the broker never saw: ``fault.error_code`` wherever the
+        response has an error code, with the request's partitions mirrored where the answer lists them."""
+        request_class, response_class = MESSAGES[info.api_key]
+        request = request_class.decode(info.body(payload), info.api_version)
+        code = fault.error_code
+        response = response_class()
+        name = response_class.__name__
+        if name == "AddPartitionsToTxnResponse" and info.api_version <= 3:
+            result = response_class.AddPartitionsToTxnTopicResult
+            part = response_class.AddPartitionsToTxnPartitionResult
+            response.results_by_topic_v3_and_below = [
+                result(name=topic.name, results_by_partition=[
+                    part(partition_index=p, partition_error_code=code) for p in topic.partitions])
+                for topic in request.v3_and_below_topics]
+        elif name == "TxnOffsetCommitResponse":
+            topic_class = response_class.TxnOffsetCommitResponseTopic
+            part = response_class.TxnOffsetCommitResponsePartition
+            response.topics = [
+                topic_class(name=topic.name, partitions=[
+                    part(partition_index=p.partition_index, error_code=code) for p in topic.partitions])
+                for topic in request.topics]
+        elif name == "FindCoordinatorResponse" and info.api_version >= 4:
+            response.coordinators = [
+                response_class.Coordinator(key=key, node_id=-1, host="", port=-1, error_code=code,
+                                           error_message=fault.error_message)
+                for key in request.coordinator_keys]
+        elif name == "FindCoordinatorResponse":
+            response.node_id, response.port = -1, -1
+        _set_error_codes(response, code, fault.error_message)
+        return response_payload(info.correlation_id, info.response_header_version,
+                                response.encode(info.api_version))
 
     def _rewrite_api_versions(self, info, payload: bytes) -> bytes:
         with self._lock:
@@ -717,6 +856,21 @@ class KafkaProxy(ThreadedProxy):
         self._add_local_produce_errors(response, info, local_errors)
         return response_payload(info.correlation_id, info.response_header_version,
                                 response.encode(info.api_version))
+
+
+def _set_error_codes(struct, code: int, message: str | None) -> None:
+    """Set every ``*error_code`` field of a decoded message, however deep, to ``code`` (and the error
+    messages beside them, where there are any, to ``message``)."""
+    for name in type(struct).__slots__:
+        value = getattr(struct, name)
+        if name.endswith("error_code"):
+            setattr(struct, name, code)
+        elif name == "error_message" and message is not None:
+            setattr(struct, name, message)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if hasattr(type(item), "__slots__") and not isinstance(item, (bytes, str)):
+                    _set_error_codes(item, code, message)
 
 
 def _record_count(records) -> int:

@@ -41,3 +41,35 @@ async def read_batches(host: str, port: int, topic: str, partition: int, max_byt
                 return batches
     finally:
         connection.close()
+
+
+ABORT, COMMIT = 0, 1  # control record key: int16 version, int16 type
+
+
+def control_type(batch) -> int:
+    """ABORT or COMMIT, from a control batch's one record's key."""
+    key = batch.records[0].key
+    return int.from_bytes(key[2:4], "big", signed=True)
+
+
+async def read_committed(host: str, port: int, topic: str, partition: int):
+    """What a read_committed consumer must see in ``topic``/``partition``, worked out from the log itself
+    (the embedded broker's own Fetch hands aborted records out, see BROKER.md): ``(values, markers)``.
+
+    Records of a transactional batch become visible when their producer's next control batch is a COMMIT,
+    and never if it is an ABORT or there is none yet (the transaction is still open). ``markers`` lists
+    ``(producer_id, COMMIT | ABORT)`` in log order."""
+    visible, markers = [], []
+    open_transactions: dict[int, list] = {}
+    for batch in await read_batches(host, port, topic, partition):
+        if batch.is_control:
+            kind = control_type(batch)
+            markers.append((batch.producer_id, kind))
+            pending = open_transactions.pop(batch.producer_id, [])
+            if kind == COMMIT:
+                visible.extend(pending)
+        elif batch.is_transactional:
+            open_transactions.setdefault(batch.producer_id, []).extend(r.value for r in batch.records)
+        else:
+            visible.extend(r.value for r in batch.records)
+    return visible, markers

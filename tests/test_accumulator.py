@@ -129,15 +129,44 @@ def test_flush_forces_readiness_and_linger_zero_is_immediate():
     assert ready_names(acc2, clock2.now)[0] == [("t", 0)]
 
 
-def test_not_sendable_and_blocked_queues_are_skipped():
+def test_not_sendable_queues_are_skipped():
     acc, _, clock, _ = make(linger_ms=0)
     append(acc, partition=0)
     append(acc, partition=1)
     ready, _ = acc.ready(clock.now, lambda q: q.partition == 1)
     assert [(q.topic, q.partition) for q in ready] == [("t", 1)]
-    acc.queues[("t", 1)].blocked = True
     ready, _ = acc.ready(clock.now, lambda q: True)
-    assert [(q.topic, q.partition) for q in ready] == [("t", 0)]
+    assert sorted((q.topic, q.partition) for q in ready) == [("t", 0), ("t", 1)]
+
+
+def test_drain_head_counts_in_flight_per_broker_until_returned():
+    acc, _, clock, _ = make(linger_ms=0, batch_size=200)
+    for i in range(3):
+        append(acc, value=b"x" * 120)
+    queue = acc.queues[("t", 0)]
+    first = acc.head(queue)
+    assert acc.drain_head(queue, 2) is first and first.drain_order >= 0 and first.closed
+    second = acc.drain_head(queue, 2)
+    assert queue.in_flight == 2 and not acc.in_flight_elsewhere(queue, 2) and acc.in_flight_elsewhere(queue, 3)
+    assert acc.returned(first) is queue and acc.returned(second) is queue
+    assert queue.in_flight == 0 and not acc.in_flight_elsewhere(queue, 3)
+    popped = acc.pop_head(queue)
+    assert popped.drain_order < 0 and not queue.batches
+
+
+def test_take_unsent_keeps_retries_and_take_all_empties():
+    acc, _, clock, _ = make(linger_ms=0, batch_size=200)
+    for i in range(4):
+        append(acc, value=b"%d" % i + b"x" * 120)
+    queue = acc.queues[("t", 0)]
+    retried = acc.drain_head(queue, 1)
+    acc.returned(retried)
+    acc.requeue(retried, clock.now)
+    unsent = list(queue.batches)[1:]
+    assert acc.take_unsent() == unsent
+    assert list(queue.batches) == [retried]
+    assert acc.appender.open_batch("t", 0) is None  # the open batch was among them: closed for send()
+    assert acc.take_all() == [retried] and not queue.batches and queue.in_flight == 0
 
 
 def test_retry_backoff_delays_readiness():
@@ -269,14 +298,15 @@ def test_abandoned_waiters_give_back_and_let_others_through():
 
 # -- requeue order ----------------------------------------------------------------------------------------
 
-def _drain_all(acc, topic="t", partition=0, pid=5):
+def _drain_all(acc, topic="t", partition=0, pid=5, sequence=0):
     queue = acc.queues[(topic, partition)]
     drained = []
     while queue.batches:
-        batch = queue.batches.popleft()
-        batch.freeze(pid, 0, queue.next_sequence, False)
-        queue.next_sequence += batch.record_count
-        acc.mark_drained(batch)
+        batch = acc.drain_head(queue, 1)
+        acc.returned(batch)
+        if batch.base_sequence < 0:
+            batch.freeze(pid, 0, sequence, False)
+        sequence += batch.record_count
         drained.append(batch)
     return drained
 
@@ -330,9 +360,8 @@ def test_reset_sequences_renumbers_unsent_batches():
     drained = _drain_all(acc)
     for batch in reversed(drained):
         acc.requeue(batch, 0.0)
-    acc.reset_sequences()
+    acc.forget_sequences()
     queue = acc.queues[("t", 0)]
-    assert queue.next_sequence == 0
     assert all(b.base_sequence == -1 and b.payload is None for b in queue.batches)
     redrained = _drain_all(acc, pid=6)
     assert [b.base_sequence for b in redrained][0] == 0

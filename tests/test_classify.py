@@ -9,7 +9,9 @@ from aiokprod.errors import ProduceAction, classify_produce_error
     (46, True, False, ProduceAction.SUCCEED),                # duplicate of a batch already written
     (6, False, False, ProduceAction.REFRESH_AND_RETRY),      # NOT_LEADER_OR_FOLLOWER
     (3, True, False, ProduceAction.REFRESH_AND_RETRY),       # UNKNOWN_TOPIC_OR_PARTITION
-    (7, True, False, ProduceAction.RETRY),                   # REQUEST_TIMED_OUT (broker side)
+    (7, True, False, ProduceAction.RETRY_UNSURE),            # REQUEST_TIMED_OUT: may have been written
+    (20, True, False, ProduceAction.RETRY_UNSURE),           # NOT_ENOUGH_REPLICAS_AFTER_APPEND: the same
+    (7, False, False, ProduceAction.RETRY),                  # without idempotence a retry is all there is
     (19, True, False, ProduceAction.RETRY),                  # NOT_ENOUGH_REPLICAS
     (59, True, False, ProduceAction.RESET_AND_RETRY),        # UNKNOWN_PRODUCER_ID
     (45, True, True, ProduceAction.RETRY),                   # OUT_OF_ORDER after our own earlier failure

@@ -149,9 +149,16 @@ def test_transactional_id_needs_idempotence():
         ProducerConfig(transactional_id="tx", acks=1)
 
 
-def test_transactional_id_is_refused_until_transactions_exist():
-    with pytest.raises(ConfigError, match="transactions are not implemented"):
-        ProducerConfig(transactional_id="tx-1")
+def test_transactional_id_and_timeout():
+    config = ProducerConfig(transactional_id="tx-1")
+    assert config.idempotent and config.transaction_timeout_ms == 60000  # Java's default
+    config = ProducerConfig.from_dict({"transactional.id": "tx-2", "transaction.timeout.ms": "5000"})
+    assert (config.transactional_id, config.transaction_timeout_ms) == ("tx-2", 5000)
+    for bad in ("", 5):
+        with pytest.raises(ConfigError, match="transactional_id must be a non-empty str"):
+            ProducerConfig(transactional_id=bad)
+    with pytest.raises(ConfigError, match="transaction_timeout_ms"):
+        ProducerConfig(transactional_id="tx", transaction_timeout_ms=0)
 
 
 # -- delivery_timeout_ms >= linger_ms + request_timeout_ms (the Java client's rule) -----------------------

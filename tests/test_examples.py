@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 import sys
 
 import pytest
@@ -123,3 +124,67 @@ def test_sync_vs_async(broker):
     assert (int(sync.group(1)), int(many.group(1))) == (50, 500)
     assert int(sync.group(2).replace(",", "")) > 0 and int(many.group(2).replace(",", "")) > 0
     assert re.search(r"^speed-up: [\d.]+x", out, re.M), out
+
+
+# -- transactions -------------------------------------------------------------------------------------------
+
+def _read_committed_topic(broker, topic, partitions=range(4)):
+    """Everything a read_committed reader must see in ``topic``, and every data record stored, from the log."""
+    import asyncio
+
+    from log_reader import read_batches, read_committed
+
+    async def read():
+        visible, stored = [], []
+        for partition in partitions:
+            values, _ = await read_committed(broker.host, broker.port, topic, partition)
+            visible += values
+            stored += [r.value for b in await read_batches(broker.host, broker.port, topic, partition)
+                       if not b.is_control for r in b.records]
+        return visible, stored
+
+    return asyncio.run(read())
+
+
+def test_transactional_ledger(broker, topic_name):
+    out = run_example("transactional_ledger.py", "--bootstrap", broker.bootstrap, "--topic", topic_name)
+    committed = [int(n) for n in re.findall(r"^committed transfer #(\d+): ", out, re.M)]
+    aborted = [int(n) for n in re.findall(r"^aborted transfer #(\d+): .*cannot pay", out, re.M)]
+    assert (committed, aborted) == ([1, 2, 4], [3]), out
+    assert re.search(r'^balances \{"alice": 65, "bob": 40, "carol": 55\}$', out, re.M), out
+    import json
+
+    for side in ("debits", "credits"):
+        visible, _ = _read_committed_topic(broker, f"{topic_name}-{side}")
+        assert sorted(json.loads(v)["transfer"] for v in visible) == [1, 2, 4], (side, visible)
+
+
+def test_consume_transform_produce_exactly_once_across_a_crash(broker, topic_name):
+    """The example is killed (SIGKILL) inside its third transaction, after sending that transaction's
+    records; restarted, it fences the dead instance and resumes from the offsets committed with the last
+    committed transaction. Every input is in the committed output exactly once, though the dead
+    transaction's records are in the log."""
+    script = os.path.join(EXAMPLES, "consume_transform_produce.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    args = [sys.executable, script, "--bootstrap", broker.bootstrap, "--topic", topic_name, "--batch", "10"]
+    proc = subprocess.Popen(args + ["--fill", "60", "--pause", "0.5"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("committed transaction 2:"):
+                break
+        else:
+            pytest.fail("the example ended before its second commit:\n" + "".join(lines) + proc.stderr.read())
+        time.sleep(0.2)  # inside transaction 3: its records sent, its commit 0.3 s away
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    out = run_example("consume_transform_produce.py", "--bootstrap", broker.bootstrap, "--topic", topic_name,
+                      "--batch", "10")
+    assert re.search(r"^done: \d+ transactions", out, re.M), out
+    visible, stored = _read_committed_topic(broker, f"{topic_name}-out")
+    expected = [b"INPUT-%04d" % i for i in range(60)]
+    assert sorted(visible) == expected  # each input exactly once
+    assert len(stored) > len(visible)  # the killed transaction's records were written, and stay hidden

@@ -59,7 +59,7 @@ async def test_leader_move_with_a_batch_in_flight_keeps_order(broker, two_broker
     async with Producer(proxy.bootstrap, **settings) as producer:
         await producer.send_and_wait(topic_name, b"other", partition=1)  # node 2's connection is open
         await producer.send_and_wait(topic_name, b"warm", partition=0)   # p0 on node 1
-        producer_id = producer._sender.identity.producer_id
+        producer_id = producer._sender.manager.producer_id
         proxy.fail_produce(topic_name, 0, 6, node_id=1)        # A: NOT_LEADER_OR_FOLLOWER from node 1...
         proxy.delay_responses(1.0, api="Produce", node_id=1)   # ...one second later
         first = await producer.send(topic_name, b"A", partition=0)
@@ -71,7 +71,7 @@ async def test_leader_move_with_a_batch_in_flight_keeps_order(broker, two_broker
         a, b = await asyncio.wait_for(asyncio.gather(first, second), NO_HANG)
         if idempotent:
             # No needless new producer id (B's OUT_OF_ORDER would have been taken for lost broker state).
-            assert producer._sender.identity.producer_id == producer_id
+            assert producer._sender.manager.producer_id == producer_id
     assert a.offset < b.offset
     values = [v for _, _, values in await _log(broker, topic_name, 0) for v in values]
     assert values == [b"warm", b"A", b"B"]

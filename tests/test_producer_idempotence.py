@@ -68,7 +68,7 @@ async def test_recovers_when_broker_forgets_the_producer(fresh_broker, topic_nam
     async with Producer(fresh_broker.bootstrap, linger_ms=1, request_timeout_ms=2000,
                         retry_backoff_ms=20, delivery_timeout_ms=20000) as producer:
         first = await producer.send_and_wait(topic_name, b"before", partition=0)
-        old_id = producer._sender.identity.producer_id
+        old_id = producer._sender.manager.producer_id
         await asyncio.to_thread(fresh_broker.restart)  # not on the loop: the producer keeps running meanwhile
         after = await producer.send_and_wait(topic_name, b"after", partition=0)
         more = [await producer.send(topic_name, b"more-%d" % i, partition=0) for i in range(50)]
