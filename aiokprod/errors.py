@@ -205,7 +205,7 @@ class TransactionFailedError(AbortableError):
 
     ``__cause__`` is the first record error; ``errors`` holds every distinct one (at most a few)."""
 
-    def __init__(self, message: str, errors: tuple = ()):
+    def __init__(self, message: str, errors: tuple[BaseException, ...] = ()) -> None:
         super().__init__(message)
         self.errors = errors
 
@@ -261,7 +261,7 @@ def _class_name(name: str) -> str:
 
 
 # Extra bases for codes that belong to a client-side family or kind as well (see the module docstring).
-_EXTRA_BASES = {
+_EXTRA_BASES: dict[int, tuple[type[KafkaError], ...]] = {
     33: (AuthenticationError,),  # UNSUPPORTED_SASL_MECHANISM
     34: (AuthenticationError,),  # ILLEGAL_SASL_STATE
     58: (AuthenticationError,),  # SASL_AUTHENTICATION_FAILED

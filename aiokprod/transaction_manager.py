@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import copy
 import enum
-from typing import Iterable, Optional
+from typing import Callable, Iterable, NoReturn, Optional, Protocol
 
 from . import errors
 
@@ -53,6 +53,34 @@ EPOCH_MAX = 0x7FFF          # epochs are int16: at the last one, a bump must tak
 
 # Answers to an epoch bump that say "not allowed at all", not "cannot bump": no point asking for a new id.
 _NOT_A_BUMP_REFUSAL = frozenset({31, 53})  # CLUSTER_ / TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+
+
+TopicPartition = tuple[str, int]
+
+
+class SequencedBatch(Protocol):
+    """What the manager reads and marks on a batch (``accumulator.ProducerBatch``). A protocol, not an import:
+    this module stays below the accumulator, and only these fields are its business. Batches are hashed
+    (kept in a partition's ``in_doubt`` set) by identity."""
+
+    # Read-only here: the accumulator owns them (``freeze()`` sets the identity fields).
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def producer_id(self) -> int: ...
+    @property
+    def producer_epoch(self) -> int: ...
+    @property
+    def base_sequence(self) -> int: ...
+    @property
+    def transactional(self) -> bool: ...
+    @property
+    def record_count(self) -> int: ...
+
+    # Set and cleared by the manager as outcomes are reported.
+    outcome_unknown: bool
 
 
 class TxnState(enum.Enum):
@@ -68,7 +96,7 @@ class TxnState(enum.Enum):
 
 S = TxnState
 #: target -> the states it may be entered from.
-ALLOWED = {
+ALLOWED: dict[TxnState, frozenset[TxnState]] = {
     S.UNINITIALIZED: frozenset(),
     S.INITIALIZING: frozenset({S.UNINITIALIZED, S.READY, S.ABORTING}),
     S.READY: frozenset({S.INITIALIZING, S.COMMITTING, S.ABORTING}),
@@ -94,7 +122,7 @@ class PartitionSequences:
         self.partition = partition
         self.next_sequence = 0
         self.in_flight = 0
-        self.in_doubt: set = set()  # batches (queued or in flight) the broker may have written
+        self.in_doubt: set[SequencedBatch] = set()  # batches (queued or in flight) the broker may have written
         self.blocked = False
 
 
@@ -111,7 +139,7 @@ class TransactionManager:
         self.epoch = -1
         # Without idempotence there is no identity to acquire: batches go as they are, from the start.
         self.state = S.UNINITIALIZED if idempotent else S.READY
-        self._partitions: dict[tuple, PartitionSequences] = {}
+        self._partitions: dict[TopicPartition, PartitionSequences] = {}
         self._in_flight = 0
         self._in_doubt = 0
         self._reset_pending = False
@@ -119,12 +147,12 @@ class TransactionManager:
         self._bump_after_abort = False  # sequences of this transaction are unknown: bump once it is aborted
         self._error: Optional[BaseException] = None  # the abortable or fatal error of the current state
         # Partitions of the open transaction: confirmed by the coordinator, asked for, or still to ask for.
-        self._txn_partitions: set = set()
-        self._adding: set = set()
-        self._to_add: set = set()
-        self._offsets_added: set = set()  # consumer groups added to the open transaction (AddOffsetsToTxn)
+        self._txn_partitions: set[TopicPartition] = set()
+        self._adding: set[TopicPartition] = set()
+        self._to_add: set[TopicPartition] = set()
+        self._offsets_added: set[str] = set()  # consumer groups added to the open transaction (AddOffsetsToTxn)
         # Told (no arguments) after every state change: the producer turns its send() fast path on or off.
-        self.on_change = lambda: None
+        self.on_change: Callable[[], None] = lambda: None
 
     def __repr__(self) -> str:
         return (f"<TransactionManager {self.state.value} id={self.producer_id} epoch={self.epoch}"
@@ -138,7 +166,7 @@ class TransactionManager:
         self.state = target
         self.on_change()
 
-    def _refuse(self, operation: str, detail: str = ""):
+    def _refuse(self, operation: str, detail: str = "") -> NoReturn:
         """Raise for ``operation`` attempted in the current state: the fatal error itself once fatal (a
         fenced producer's every call says it is fenced), else IllegalStateError naming the state."""
         if self.state is S.FATAL_ERROR and self._error is not None:
@@ -150,8 +178,12 @@ class TransactionManager:
 
     def _copy_error(self) -> BaseException:
         # A fresh exception each time (re-raising one instance would pile up tracebacks), chained to the first.
-        exc = copy.copy(self._error)
-        exc.__cause__ = self._error
+        error = self._error
+        if error is None:
+            raise errors.IllegalStateError(
+                f"transaction state {self.state.value} has no error recorded to raise")
+        exc = copy.copy(error)
+        exc.__cause__ = error
         exc.__traceback__ = None
         return exc
 
@@ -206,7 +238,7 @@ class TransactionManager:
                 f"InitProducerId with {self._in_flight} batch(es) in flight and {self._in_doubt} in doubt")
         self._transition(S.INITIALIZING)
 
-    def init_request(self, supports_bump: bool = True) -> tuple:
+    def init_request(self, supports_bump: bool = True) -> tuple[Optional[str], int, int, int]:
         """The fields of the InitProducerId to send: ``(transactional_id, transaction_timeout_ms,
         producer_id, producer_epoch)``. With an identity already held (a reset, or a bump after an abort)
         and a broker that takes v3+, our current id and epoch (KIP-360: the broker bumps the epoch and keeps
@@ -328,7 +360,7 @@ class TransactionManager:
         state = self._partitions.get((topic, partition))
         return state is not None and state.blocked
 
-    def on_drain(self, batch, record_count: int) -> tuple:
+    def on_drain(self, batch: SequencedBatch, record_count: int) -> tuple[int, int, int, bool]:
         """A batch leaves its queue: ``(producer_id, epoch, base_sequence, transactional)`` for its bytes.
         A retry keeps what it had (its bytes are reused; the broker recognises it). A new batch takes the
         partition's next sequence, which moves on by its record count (wrapping at 2**31)."""
@@ -354,7 +386,7 @@ class TransactionManager:
         state.next_sequence = (sequence + record_count) & SEQUENCE_MASK
         return (self.producer_id, self.epoch, sequence, self.transactional)
 
-    def _returned(self, batch) -> PartitionSequences:
+    def _returned(self, batch: SequencedBatch) -> PartitionSequences:
         state = self._partitions.get((batch.topic, batch.partition))
         if state is None or state.in_flight <= 0:
             raise errors.IllegalStateError(f"an outcome for {batch.topic}-{batch.partition}, which has nothing in flight")
@@ -362,7 +394,7 @@ class TransactionManager:
         self._in_flight -= 1
         return state
 
-    def _settled_doubt(self, state: PartitionSequences, batch) -> None:
+    def _settled_doubt(self, state: PartitionSequences, batch: SequencedBatch) -> None:
         if batch.outcome_unknown:
             batch.outcome_unknown = False
             state.in_doubt.discard(batch)
@@ -372,14 +404,14 @@ class TransactionManager:
         if state.blocked and state.in_flight == 0:
             state.blocked = False
 
-    def release(self, batch) -> None:
+    def release(self, batch: SequencedBatch) -> None:
         """The request of a batch already failed (its deadline passed while in flight) ended: it no longer
         counts as in flight. Its failure was reported with :meth:`on_failed` (``in_flight=False``)."""
         if not self.idempotent:
             return
         self._unblock(self._returned(batch))
 
-    def on_success(self, batch) -> None:
+    def on_success(self, batch: SequencedBatch) -> None:
         """Written (or already written: a duplicate of an earlier attempt)."""
         if not self.idempotent:
             return
@@ -387,7 +419,7 @@ class TransactionManager:
         self._settled_doubt(state, batch)
         self._unblock(state)
 
-    def on_retriable(self, batch) -> None:
+    def on_retriable(self, batch: SequencedBatch) -> None:
         """A definite answer that *this attempt* was not written (NOT_LEADER, NOT_ENOUGH_REPLICAS...): it
         goes back to its queue with its sequence; the partition is blocked until everything in flight is
         back. A batch in doubt from an earlier attempt stays in doubt: that attempt may be in the log
@@ -398,7 +430,7 @@ class TransactionManager:
         state.blocked = True
         self._unblock(state)
 
-    def on_not_written(self, batch) -> None:
+    def on_not_written(self, batch: SequencedBatch) -> None:
         """The broker has no batch of ours there: OUT_OF_ORDER_SEQUENCE_NUMBER (had an earlier attempt been
         written, it would answer DUPLICATE_SEQUENCE_NUMBER) or UNKNOWN_PRODUCER_ID (it forgot our identity,
         so nothing can be deduplicated against it any more). The batch is no longer in doubt; the caller
@@ -419,7 +451,7 @@ class TransactionManager:
         state.blocked = True
         self._unblock(state)
 
-    def on_unknown(self, batch) -> None:
+    def on_unknown(self, batch: SequencedBatch) -> None:
         """No answer (lost, timed out, cut), or an answer that does not say (REQUEST_TIMED_OUT,
         NOT_ENOUGH_REPLICAS_AFTER_APPEND): the broker may have written it. It goes back to its queue and
         is only ever re-sent with its old identity and sequence."""
@@ -433,7 +465,7 @@ class TransactionManager:
         state.blocked = True
         self._unblock(state)
 
-    def on_failed(self, batch, error: BaseException, in_flight: bool) -> None:
+    def on_failed(self, batch: SequencedBatch, error: BaseException, in_flight: bool) -> None:
         """The batch fails for good (a fatal answer, its deadline, the producer closing). If it carried a
         sequence, that sequence will never be acknowledged: later batches of the partition would leave a
         gap, so the identity must change (idempotent) or the transaction abort (transactional). In a
@@ -460,7 +492,7 @@ class TransactionManager:
             self.abortable_error(failed)
 
     @staticmethod
-    def _take_back(state: Optional[PartitionSequences], batch) -> bool:
+    def _take_back(state: Optional[PartitionSequences], batch: SequencedBatch) -> bool:
         """Give a refused batch's sequence back if nothing after it was numbered and nothing of the partition
         is out: the broker still expects it, so the next batch takes it and no gap is left (no epoch bump,
         which some brokers refuse, is needed after the abort)."""
@@ -540,7 +572,7 @@ class TransactionManager:
             self._transition(S.READY)
 
     # -- transactions: partitions and offsets -------------------------------------------------------------
-    def partitions_to_add(self) -> list:
+    def partitions_to_add(self) -> list[TopicPartition]:
         """The partitions drained-for but not yet in the transaction, all at once (one AddPartitionsToTxn
         per drain pass): they move to *adding* until :meth:`partitions_added` or :meth:`partitions_add_failed`."""
         if not self._to_add or self.state not in (S.IN_TRANSACTION, S.COMMITTING):
@@ -550,12 +582,12 @@ class TransactionManager:
         self._to_add.clear()
         return batch
 
-    def partitions_added(self, partitions: Iterable[tuple]) -> None:
+    def partitions_added(self, partitions: Iterable[TopicPartition]) -> None:
         for key in partitions:
             self._adding.discard(key)
             self._txn_partitions.add(key)
 
-    def partitions_add_failed(self, partitions: Iterable[tuple], error: BaseException) -> None:
+    def partitions_add_failed(self, partitions: Iterable[TopicPartition], error: BaseException) -> None:
         """Retriable: they are asked for again next time. Otherwise the error is abortable or fatal (the
         caller says which by calling :meth:`abortable_error` / :meth:`fatal_error`)."""
         for key in partitions:
@@ -571,7 +603,7 @@ class TransactionManager:
         return (topic, partition) in self._txn_partitions
 
     @property
-    def transaction_partitions(self) -> frozenset:
+    def transaction_partitions(self) -> frozenset[TopicPartition]:
         return frozenset(self._txn_partitions)
 
     def check_can_send_offsets(self, group_id: str) -> None:

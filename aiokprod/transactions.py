@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, TypeVar
 
 from . import errors
 from .protocol import (
@@ -30,7 +30,15 @@ from .protocol import (
     TxnOffsetCommitRequest,
 )
 
+if TYPE_CHECKING:  # annotations only: the driver is handed these, it does not build them
+    from .cluster import Cluster
+    from .config import ProducerConfig
+    from .connection import BrokerConnection
+    from .transaction_manager import TopicPartition, TransactionManager
+
 log = logging.getLogger("aiokprod.transactions")
+
+_T = TypeVar("_T")
 
 GROUP, TRANSACTION = 0, 1  # FindCoordinator key types
 _COORDINATOR_MOVED = frozenset({14, 15, 16})  # LOAD_IN_PROGRESS, NOT_AVAILABLE, NOT_COORDINATOR
@@ -50,19 +58,20 @@ class _Retry(Exception):
 
 
 class TransactionDriver:
-    def __init__(self, config, cluster, manager, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, config: ProducerConfig, cluster: Cluster, manager: TransactionManager,
+                 on_change: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.cluster = cluster
         self.manager = manager
         self.on_change = on_change  # wakes the sender after an answer that changes what it may drain
-        self._coordinators: dict[tuple, int] = {}  # (key type, key) -> node id
+        self._coordinators: dict[tuple[int, str], int] = {}  # (key type, key) -> node id
         self._backoff = config.retry_backoff_ms / 1000.0
         # Counters tests and metrics read: what the driver had to do.
         self.coordinator_lookups = 0
         self.retries = 0
 
     # -- coordinator --------------------------------------------------------------------------------------
-    async def _coordinator(self, key_type: int, key: str):
+    async def _coordinator(self, key_type: int, key: str) -> BrokerConnection:
         node = self._coordinators.get((key_type, key))
         if node is None:
             node = await self._find_coordinator(key_type, key)
@@ -82,7 +91,10 @@ class TransactionDriver:
             request = FindCoordinatorRequest(key_type=key_type, coordinator_keys=[key])
         else:
             request = FindCoordinatorRequest(key=key, key_type=key_type)
-        response = await connection.request(request, version)
+        response = await connection.request(request, version)  # decoded FindCoordinator response: Any
+        code: int
+        message: Optional[str]
+        node: int
         if version >= 4:
             if len(response.coordinators) != 1:
                 raise _Retry(errors.KafkaError(f"FindCoordinator answered {len(response.coordinators)} coordinators"),
@@ -101,23 +113,29 @@ class TransactionDriver:
         return node
 
     # -- the retry loop -----------------------------------------------------------------------------------
-    async def _call(self, what: str, key_type: Optional[int], key: Optional[str], attempt, timeout: float):
+    async def _call(self, what: str, key_type: Optional[int], key: Optional[str],
+                    attempt: Callable[[BrokerConnection], Awaitable[_T]], timeout: float) -> _T:
         """Run ``attempt(connection)`` until it returns, retrying as the module docstring says, for at most
         ``timeout`` seconds. ``key_type``/``key`` name the coordinator (None: any broker will do)."""
+        coordinator: Optional[tuple[int, str]] = None
+        if key_type is not None:
+            if key is None:
+                raise errors.IllegalStateError(f"{what}: a coordinator lookup (key type {key_type}) needs a key")
+            coordinator = (key_type, key)
         deadline = time.monotonic() + timeout
         backoff_concurrent = _CONCURRENT_BACKOFF
         last: Optional[BaseException] = None
         while True:
             try:
-                if key_type is None:
+                if coordinator is None:
                     connection = await self.cluster.any_connection()
                 else:
-                    connection = await self._coordinator(key_type, key)
+                    connection = await self._coordinator(*coordinator)
                 return await attempt(connection)
             except _Retry as retry:
                 last = retry.error
-                if retry.refind and key_type is not None:
-                    self._coordinators.pop((key_type, key), None)
+                if retry.refind and coordinator is not None:
+                    self._coordinators.pop(coordinator, None)
                 backoff = retry.backoff
                 if backoff == _CONCURRENT_BACKOFF:
                     backoff = backoff_concurrent
@@ -127,8 +145,8 @@ class TransactionDriver:
                     raise
                 # A lost connection or a request timeout: the coordinator may have moved with it.
                 last = exc
-                if key_type is not None:
-                    self._coordinators.pop((key_type, key), None)
+                if coordinator is not None:
+                    self._coordinators.pop(coordinator, None)
                 backoff = self._backoff
             self.retries += 1
             remaining = deadline - time.monotonic()
@@ -151,6 +169,13 @@ class TransactionDriver:
             raise _Retry(error, self._backoff, False)
         raise error
 
+    def _transactional_id(self, operation: str) -> str:
+        """The id a transaction request carries: only a transactional producer sends them."""
+        transactional_id = self.manager.transactional_id
+        if transactional_id is None:
+            raise errors.IllegalStateError(f"{operation} needs a transactional_id (this producer has none)")
+        return transactional_id
+
     # -- InitProducerId -----------------------------------------------------------------------------------
     async def init_producer_id(self, timeout: Optional[float] = None) -> None:
         """Acquire the identity the manager asks for (first id, epoch bump or new id), retrying retriable
@@ -160,7 +185,7 @@ class TransactionDriver:
         timeout = self.config.max_block_ms / 1000.0 if timeout is None else timeout
         key_type = TRANSACTION if manager.transactional else None
 
-        async def attempt(connection):
+        async def attempt(connection: BrokerConnection) -> None:
             # Brokers (Tansu) refuse InitProducerId below v3; the negotiated version is the highest common.
             version = connection.version_for(InitProducerIdRequest)
             transactional_id, txn_timeout, producer_id, epoch = manager.init_request(supports_bump=version >= 3)
@@ -173,7 +198,10 @@ class TransactionDriver:
                                         + (f" (epoch bump of producer id {producer_id} epoch {epoch})" if bumping else ""))
                 manager.init_failed(error, bumping)
                 if manager.fatal:
-                    raise manager.error
+                    fatal = manager.error
+                    if fatal is None:
+                        raise errors.IllegalStateError("InitProducerId: fatal transaction state without its error")
+                    raise fatal
                 if bumping and not manager.transactional and not error.retriable:
                     log.info("epoch bump refused (%s); asking for a new producer id", error)
                     raise _Retry(error, 0.0, False)
@@ -191,24 +219,25 @@ class TransactionDriver:
             self.on_change()
 
     # -- AddPartitionsToTxn -------------------------------------------------------------------------------
-    async def add_partitions(self, partitions: list) -> None:
+    async def add_partitions(self, partitions: list[TopicPartition]) -> None:
         """One AddPartitionsToTxn for every partition the sender collected in a drain pass."""
         manager = self.manager
-        by_topic: dict[str, list] = {}
+        transactional_id = self._transactional_id("AddPartitionsToTxn")
+        by_topic: dict[str, list[int]] = {}
         for topic, partition in partitions:
             by_topic.setdefault(topic, []).append(partition)
         topics = [AddPartitionsToTxnRequest.AddPartitionsToTxnTopic(name=topic, partitions=parts)
                   for topic, parts in by_topic.items()]
 
-        async def attempt(connection):
+        async def attempt(connection: BrokerConnection) -> None:
             # v4+ is the brokers' batched form (KIP-890); clients speak v3 and below.
             version = connection.version_for(AddPartitionsToTxnRequest, high=3)
             response = await connection.request(AddPartitionsToTxnRequest(
-                v3_and_below_transactional_id=manager.transactional_id,
+                v3_and_below_transactional_id=transactional_id,
                 v3_and_below_producer_id=manager.producer_id, v3_and_below_producer_epoch=manager.epoch,
                 v3_and_below_topics=topics), version)
             self._check(response.error_code)
-            answered = {}
+            answered: dict[TopicPartition, int] = {}
             for topic in response.results_by_topic_v3_and_below:
                 for part in topic.results_by_partition:
                     answered[(topic.name, part.partition_index)] = part.partition_error_code
@@ -220,7 +249,7 @@ class TransactionDriver:
             return None
 
         try:
-            await self._call("AddPartitionsToTxn", TRANSACTION, manager.transactional_id, attempt,
+            await self._call("AddPartitionsToTxn", TRANSACTION, transactional_id, attempt,
                              manager.transaction_timeout_ms / 1000.0)
         except BaseException as exc:
             manager.partitions_add_failed(partitions, exc)
@@ -238,15 +267,16 @@ class TransactionDriver:
     # -- EndTxn ---------------------------------------------------------------------------------------------
     async def end_transaction(self, commit: bool, timeout: float) -> None:
         manager = self.manager
+        transactional_id = self._transactional_id("EndTxn")
 
-        async def attempt(connection):
+        async def attempt(connection: BrokerConnection) -> None:
             response = await connection.request(EndTxnRequest(
-                transactional_id=manager.transactional_id, producer_id=manager.producer_id,
+                transactional_id=transactional_id, producer_id=manager.producer_id,
                 producer_epoch=manager.epoch, committed=commit), connection.version_for(EndTxnRequest))
             self._check(response.error_code, "EndTxn " + ("commit" if commit else "abort"))
 
         try:
-            await self._call("EndTxn", TRANSACTION, manager.transactional_id, attempt, timeout)
+            await self._call("EndTxn", TRANSACTION, transactional_id, attempt, timeout)
         except errors.FatalError as exc:
             manager.fatal_error(exc)
             raise
@@ -258,32 +288,35 @@ class TransactionDriver:
             raise
 
     # -- offsets --------------------------------------------------------------------------------------------
-    async def send_offsets(self, offsets: dict, group_id: str, timeout: float, generation_id: int = -1,
-                           member_id: str = "", group_instance_id: Optional[str] = None) -> None:
+    async def send_offsets(self, offsets: dict[TopicPartition, int], group_id: str, timeout: float,
+                           generation_id: int = -1, member_id: str = "",
+                           group_instance_id: Optional[str] = None) -> None:
         """AddOffsetsToTxn (once per group and transaction) to the transaction coordinator, then
         TxnOffsetCommit to the group coordinator."""
         manager = self.manager
+        transactional_id = self._transactional_id("send_offsets_to_transaction")
         deadline = time.monotonic() + timeout
         if not manager.offsets_added(group_id):
-            async def add(connection):
+            async def add(connection: BrokerConnection) -> None:
                 response = await connection.request(AddOffsetsToTxnRequest(
-                    transactional_id=manager.transactional_id, producer_id=manager.producer_id,
+                    transactional_id=transactional_id, producer_id=manager.producer_id,
                     producer_epoch=manager.epoch, group_id=group_id), connection.version_for(AddOffsetsToTxnRequest))
                 self._check(response.error_code, f"AddOffsetsToTxn for group {group_id!r}")
 
-            await self._guarded(self._call("AddOffsetsToTxn", TRANSACTION, manager.transactional_id, add, timeout))
+            await self._guarded(self._call("AddOffsetsToTxn", TRANSACTION, transactional_id, add, timeout))
             manager.mark_offsets_added(group_id)
 
-        by_topic: dict[str, list] = {}
+        # TxnOffsetCommitRequestPartition is built at import from the message spec: not a static type.
+        by_topic: dict[str, list[Any]] = {}
         for (topic, partition), offset in sorted(offsets.items()):
             by_topic.setdefault(topic, []).append(TxnOffsetCommitRequest.TxnOffsetCommitRequestPartition(
                 partition_index=partition, committed_offset=offset))
         topics = [TxnOffsetCommitRequest.TxnOffsetCommitRequestTopic(name=topic, partitions=parts)
                   for topic, parts in by_topic.items()]
 
-        async def commit(connection):
+        async def commit(connection: BrokerConnection) -> None:
             response = await connection.request(TxnOffsetCommitRequest(
-                transactional_id=manager.transactional_id, group_id=group_id, producer_id=manager.producer_id,
+                transactional_id=transactional_id, group_id=group_id, producer_id=manager.producer_id,
                 producer_epoch=manager.epoch, generation_id=generation_id, member_id=member_id,
                 group_instance_id=group_instance_id, topics=topics), connection.version_for(TxnOffsetCommitRequest))
             codes = {part.error_code for topic in response.topics for part in topic.partitions}
@@ -293,7 +326,7 @@ class TransactionDriver:
         await self._guarded(self._call("TxnOffsetCommit", GROUP, group_id, commit,
                                        max(deadline - time.monotonic(), 0.001)))
 
-    async def _guarded(self, call) -> None:
+    async def _guarded(self, call: Awaitable[None]) -> None:
         try:
             await call
         except errors.FatalError as exc:
