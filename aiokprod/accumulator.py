@@ -75,22 +75,24 @@ class ProducerBatch:
         # What made the last attempt fail (None before any): the cause a delivery timeout reports.
         self.last_error: Optional[BaseException] = None
 
-    def freeze(self, producer_id: int, producer_epoch: int, base_sequence: int, transactional: bool) -> None:
-        """Fix the producer fields and build the bytes (once; a retry with the same fields reuses them)."""
+    def freeze(self, producer_id: int, producer_epoch: int, base_sequence: int, transactional: bool) -> bytes:
+        """Fix the producer fields and build the bytes (once; a retry with the same fields reuses them).
+        Returns the bytes (the payload, never None from here on)."""
         if (
             self.payload is not None
             and self.producer_id == producer_id
             and self.producer_epoch == producer_epoch
             and self.base_sequence == base_sequence
         ):
-            return
+            return self.payload
         self.closed = True
         self.record_count = len(self.builder)
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
         self.base_sequence = base_sequence
         self.transactional = transactional
-        self.payload = self.builder.build(0, producer_id, producer_epoch, base_sequence, transactional)
+        payload = self.payload = self.builder.build(0, producer_id, producer_epoch, base_sequence, transactional)
+        return payload
 
     def __repr__(self) -> str:
         return (f"<ProducerBatch {self.topic}-{self.partition} records={len(self.builder)} "
