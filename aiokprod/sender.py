@@ -121,7 +121,7 @@ class Sender:
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
-        # The loop gets the event itself (the attribute is Optional only until here), wakeup() reaches it here.
+        # The loop is handed the event itself (so it needs no None check); wakeup() reaches it through the attribute.
         wakeup = self._wakeup = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(wakeup), name="aiokprod-sender")
 
