@@ -23,10 +23,20 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Callable, Optional
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from .appender import RecordAppender
 from .codec import RecordBatchBuilder
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from .handle import BatchCompletion, DeliveryHandle
+
+# What a record's key, value and headers may be (as the codec takes them).
+_BytesLike = Union[bytes, bytearray, memoryview]
+_Headers = Optional[Sequence[tuple[Union[str, bytes], Optional[_BytesLike]]]]
 
 
 class ProducerBatch:
@@ -38,7 +48,8 @@ class ProducerBatch:
         "deadline", "outcome_unknown", "record_count", "drain_order", "last_error",
     )
 
-    def __init__(self, topic: str, partition: int, builder, completion, now: float, deadline: float) -> None:
+    def __init__(self, topic: str, partition: int, builder: RecordBatchBuilder, completion: BatchCompletion,
+                 now: float, deadline: float) -> None:
         self.topic = topic
         self.partition = partition
         self.builder = builder
@@ -52,7 +63,7 @@ class ProducerBatch:
         self.producer_epoch = -1
         self.base_sequence = -1
         self.transactional = False
-        self.payload = None
+        self.payload: Optional[bytes] = None
         self.retry_at = 0.0
         # True while the last request carrying it failed without an answer (lost ack, timeout, cut): the
         # broker may have written it. Such a batch is only ever re-sent with the same producer id and
@@ -62,24 +73,26 @@ class ProducerBatch:
         # Order of first drain (over all partitions): retries go back in this order.
         self.drain_order = -1
         # What made the last attempt fail (None before any): the cause a delivery timeout reports.
-        self.last_error = None
+        self.last_error: Optional[BaseException] = None
 
-    def freeze(self, producer_id: int, producer_epoch: int, base_sequence: int, transactional: bool) -> None:
-        """Fix the producer fields and build the bytes (once; a retry with the same fields reuses them)."""
+    def freeze(self, producer_id: int, producer_epoch: int, base_sequence: int, transactional: bool) -> bytes:
+        """Fix the producer fields and build the bytes (once; a retry with the same fields reuses them).
+        Returns the bytes (the payload, never None from here on)."""
         if (
             self.payload is not None
             and self.producer_id == producer_id
             and self.producer_epoch == producer_epoch
             and self.base_sequence == base_sequence
         ):
-            return
+            return self.payload
         self.closed = True
         self.record_count = len(self.builder)
         self.producer_id = producer_id
         self.producer_epoch = producer_epoch
         self.base_sequence = base_sequence
         self.transactional = transactional
-        self.payload = self.builder.build(0, producer_id, producer_epoch, base_sequence, transactional)
+        payload = self.payload = self.builder.build(0, producer_id, producer_epoch, base_sequence, transactional)
+        return payload
 
     def __repr__(self) -> str:
         return (f"<ProducerBatch {self.topic}-{self.partition} records={len(self.builder)} "
@@ -108,7 +121,7 @@ class PartitionQueue:
 class MemoryWaiter:
     __slots__ = ("size", "future")
 
-    def __init__(self, size: int, future) -> None:
+    def __init__(self, size: int, future: asyncio.Future[None]) -> None:
         self.size = size
         self.future = future
 
@@ -123,7 +136,7 @@ class RecordAccumulator:
         linger_ms: float,
         buffer_memory: int,
         delivery_timeout_ms: int,
-        completion_factory: Callable,
+        completion_factory: Callable[[str, int], BatchCompletion],
         on_wakeup: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         appender: Optional[RecordAppender] = None,
@@ -137,7 +150,7 @@ class RecordAccumulator:
         self.completion_factory = completion_factory
         self.on_wakeup = on_wakeup
         self.clock = clock
-        self.queues: dict[tuple, PartitionQueue] = {}
+        self.queues: dict[tuple[str, int], PartitionQueue] = {}
         self.used = 0
         self.waiters: collections.deque[MemoryWaiter] = collections.deque()
         self.flushing = 0
@@ -157,7 +170,7 @@ class RecordAccumulator:
         self.used += size
         return True
 
-    def enqueue_waiter(self, size: int, future) -> MemoryWaiter:
+    def enqueue_waiter(self, size: int, future: asyncio.Future[None]) -> MemoryWaiter:
         waiter = MemoryWaiter(size, future)
         self.waiters.append(waiter)
         self._grant()
@@ -192,7 +205,8 @@ class RecordAccumulator:
             waiter.future.set_result(None)
 
     # -- appending ----------------------------------------------------------------------------------------
-    def try_append(self, topic: str, partition: int, timestamp_ms: int, key, value, headers):
+    def try_append(self, topic: str, partition: int, timestamp_ms: int, key: Optional[_BytesLike],
+                   value: Optional[_BytesLike], headers: _Headers) -> Optional[DeliveryHandle]:
         """Append to the partition's open batch if the record fits there; return its handle, else None.
 
         Needs no memory: the open batch's buffer was reserved when the batch was made. Returns None, and the
@@ -204,7 +218,9 @@ class RecordAccumulator:
             return None
         return self._append_to_open(queue.batches, timestamp_ms, key, value, headers)
 
-    def _append_to_open(self, batches, timestamp_ms: int, key, value, headers):
+    def _append_to_open(self, batches: collections.deque[ProducerBatch], timestamp_ms: int,
+                        key: Optional[_BytesLike], value: Optional[_BytesLike],
+                        headers: _Headers) -> Optional[DeliveryHandle]:
         """The append rule of the general path, in one place: the record goes into the partition's open
         batch (its tail, not closed) if it fits there; a full open batch is closed (ready now, whatever
         linger_ms says) and None returned, for the caller to start a new one."""
@@ -223,7 +239,8 @@ class RecordAccumulator:
         the batch's buffer, ``batch_size``, or the record if it is bigger)."""
         return record_size if record_size > self.batch_size else self.batch_size
 
-    def append_new(self, topic: str, partition: int, timestamp_ms: int, key, value, headers, reserved: int):
+    def append_new(self, topic: str, partition: int, timestamp_ms: int, key: Optional[_BytesLike],
+                   value: Optional[_BytesLike], headers: _Headers, reserved: int) -> DeliveryHandle:
         """Append a record for which ``reserved`` bytes were reserved; return its delivery handle.
 
         Usually starts a new batch holding the reservation. If, while the caller waited for memory, another
@@ -254,10 +271,11 @@ class RecordAccumulator:
                              now + self.delivery_timeout)
 
     # -- readiness and draining ---------------------------------------------------------------------------
-    def ready(self, now: float, sendable: Callable[[PartitionQueue], bool]):
+    def ready(self, now: float, sendable: Callable[[PartitionQueue], bool]
+              ) -> tuple[list[PartitionQueue], Optional[float]]:
         """Return (ready queues, seconds until the next batch may become ready or None)."""
-        ready = []
-        next_check = None
+        ready: list[PartitionQueue] = []
+        next_check: Optional[float] = None
         linger = self.linger
         force = self.flushing > 0 or self.closed
         for queue in self.queues.values():
@@ -322,9 +340,9 @@ class RecordAccumulator:
         more of it may go to ``node`` until they are back."""
         return queue.in_flight > 0 and queue.in_flight_node != node
 
-    def take_all(self) -> list:
+    def take_all(self) -> list[ProducerBatch]:
         """Remove every queued batch (the producer is closing or failed; the caller fails them)."""
-        taken = []
+        taken: list[ProducerBatch] = []
         for queue in self.queues.values():
             for batch in queue.batches:
                 self._batch_closed(batch)
@@ -333,10 +351,10 @@ class RecordAccumulator:
             queue.in_flight = 0
         return taken
 
-    def take_unsent(self) -> list:
+    def take_unsent(self) -> list[ProducerBatch]:
         """Remove the batches never drained (an aborted transaction fails them); retries, which carry a
         sequence the broker may be waiting for, stay queued."""
-        taken = []
+        taken: list[ProducerBatch] = []
         for queue in self.queues.values():
             batches = queue.batches
             if not batches or batches[-1].drain_order >= 0:
@@ -374,9 +392,9 @@ class RecordAccumulator:
         self.release(batch.reserved)
         batch.reserved = 0
 
-    def expired(self, now: float) -> list:
+    def expired(self, now: float) -> list[ProducerBatch]:
         """Remove and return queued batches past their delivery deadline (never ones in flight)."""
-        result = []
+        result: list[ProducerBatch] = []
         for queue in self.queues.values():
             batches = queue.batches
             while batches and batches[0].deadline <= now:
@@ -387,7 +405,7 @@ class RecordAccumulator:
 
     def earliest_deadline(self) -> Optional[float]:
         """The soonest delivery deadline among queued batches (a queue's oldest batch is its head), or None."""
-        earliest = None
+        earliest: Optional[float] = None
         for queue in self.queues.values():
             if queue.batches:
                 deadline = queue.batches[0].deadline
@@ -395,7 +413,7 @@ class RecordAccumulator:
                     earliest = deadline
         return earliest
 
-    def all_batches(self):
+    def all_batches(self) -> Iterator[ProducerBatch]:
         for queue in self.queues.values():
             yield from queue.batches
 

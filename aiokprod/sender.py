@@ -48,19 +48,37 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from . import errors
 from .errors import ProduceAction, classify_produce_error
 from .protocol import ProduceRequest
 from .protocol.produce import encode_produce_request
 
+if TYPE_CHECKING:
+    from .accumulator import PartitionQueue, ProducerBatch, RecordAccumulator
+    from .cluster import Cluster
+    from .config import ProducerConfig
+    from .connection import BrokerConnection
+    from .handle import BatchCompletion
+    from .hooks import Hooks
+    from .protocol.primitives import Message
+    from .protocol.produce import ProducePartitionResult, ProduceResult
+    from .transaction_manager import TransactionManager
+    from .transactions import TransactionDriver
+
+    # Which partition queues a drain pass may take from (``RecordAccumulator.ready``'s filter).
+    _Sendable = Callable[[PartitionQueue], bool]
+
 log = logging.getLogger("aiokprod.sender")
 
 
 class Sender:
-    def __init__(self, config, cluster, accumulator, hooks, manager, driver, on_fatal=lambda: None,
-                 on_abandoned=lambda count: None, on_batch_failed=None) -> None:
+    def __init__(self, config: ProducerConfig, cluster: Cluster, accumulator: RecordAccumulator, hooks: Hooks,
+                 manager: TransactionManager, driver: TransactionDriver,
+                 on_fatal: Callable[[], None] = lambda: None,
+                 on_abandoned: Callable[[int], None] = lambda count: None,
+                 on_batch_failed: Optional[Callable[[ProducerBatch, BaseException], None]] = None) -> None:
         from .connection import RESPONSE_CLASSES
 
         self.config = config
@@ -74,7 +92,7 @@ class Sender:
         self.idempotent = config.idempotent
         self.transactional = manager.transactional
         self.max_in_flight = config.max_in_flight_requests_per_connection
-        self.in_flight_batches: set = set()
+        self.in_flight_batches: set[ProducerBatch] = set()
         self.fatal_error: Optional[BaseException] = None
         self.on_fatal = on_fatal  # the producer stops taking records
         # Called with the number of records never delivered when our task is cancelled by someone other
@@ -82,27 +100,30 @@ class Sender:
         self.on_abandoned = on_abandoned
         # The hand-written reader: a third of the generated decoder's cost, once per request.
         from .protocol.produce import ProduceResponseReader
-        self._produce_response = None if self.acks == 0 else ProduceResponseReader
+        # The connection only calls ``response_class.decode(body, version)``, which the reader has; it is not
+        # a generated Message, hence the cast (send_frame is typed for those).
+        self._produce_response = None if self.acks == 0 else cast("type[Message]", ProduceResponseReader)
         self._wakeup: Optional[asyncio.Event] = None
-        self._task: Optional[asyncio.Task] = None
+        self._task: Optional[asyncio.Task[None]] = None
         # InitProducerId in flight (a task, so that the loop never waits for it) and when it may be retried.
-        self._identity_task: Optional[asyncio.Task] = None
+        self._identity_task: Optional[asyncio.Task[None]] = None
         self._identity_retry_at = 0.0
         # AddPartitionsToTxn in flight (one at a time, for every partition a drain pass found new).
-        self._partitions_task: Optional[asyncio.Task] = None
+        self._partitions_task: Optional[asyncio.Task[None]] = None
         # Batches failed by delivery timeout while their request is in flight: their handles are settled, but
         # they stay in in_flight_batches (and their partition's in-flight count) until the request ends.
-        self._expired_in_flight: set = set()
+        self._expired_in_flight: set[ProducerBatch] = set()
         self._closing = False
         self._random = random.Random()
         head = accumulator.head
-        self._manager_sendable = lambda queue: manager.sendable(queue.topic, queue.partition,
+        self._manager_sendable: _Sendable = lambda queue: manager.sendable(queue.topic, queue.partition,
                                                                 head(queue).base_sequence >= 0)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> None:
-        self._wakeup = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="aiokprod-sender")
+        # The loop is handed the event itself (so it needs no None check); wakeup() reaches it through the attribute.
+        wakeup = self._wakeup = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(wakeup), name="aiokprod-sender")
 
     def wakeup(self) -> None:
         if self._wakeup is not None:
@@ -190,7 +211,7 @@ class Sender:
             done = loop.create_future()
             remaining = [len(pending)]
 
-            def one_done(_completion) -> None:
+            def one_done(_completion: BatchCompletion) -> None:
                 remaining[0] -= 1
                 if remaining[0] == 0 and not done.done():
                     done.set_result(None)
@@ -224,12 +245,12 @@ class Sender:
                 pass
 
     # -- the loop -----------------------------------------------------------------------------------------
-    async def _run(self) -> None:
+    async def _run(self, wakeup: asyncio.Event) -> None:
         # After a fatal error everything is failed and the producer refuses records: the task ends (it
         # used to go on asking for a producer id every retry_backoff_ms until stop()).
         while not self._closing and self.fatal_error is None:
             try:
-                await self._turn()
+                await self._turn(wakeup)
             except asyncio.CancelledError:
                 if not self._closing:
                     self._abandon()
@@ -241,10 +262,9 @@ class Sender:
                 self._fatal(error)
                 return
 
-    async def _turn(self) -> None:
+    async def _turn(self, wakeup: asyncio.Event) -> None:
         # The only await is the sleep at the end, bounded by the soonest delivery deadline: whatever the
         # broker does (frozen, slow, gone), expiry runs on time (see the module docstring).
-        wakeup = self._wakeup
         wakeup.clear()
         now = time.monotonic()
         metadata_age = self.config.metadata_max_age_ms / 1000.0
@@ -266,9 +286,9 @@ class Sender:
             next_check = _min(next_check, deadline - now)
         if next_check is None:
             next_check = metadata_age
-        await self._sleep_or_wakeup(max(next_check, 0.0005))
+        await self._sleep_or_wakeup(max(next_check, 0.0005), wakeup)
 
-    def _sendable(self, now: float):
+    def _sendable(self, now: float) -> Optional[_Sendable]:
         """Which queues may be drained now (a filter for ``accumulator.ready``), or None for none at all."""
         if not self.idempotent:
             return _always
@@ -313,7 +333,7 @@ class Sender:
         # unwritten and is numbered again at its next drain.
         self.accumulator.forget_sequences()
 
-    def _identity_done(self, task: asyncio.Task) -> None:
+    def _identity_done(self, task: asyncio.Task[None]) -> None:
         self._identity_task = None
         if task.cancelled():
             return
@@ -345,7 +365,7 @@ class Sender:
             self.driver.add_partitions(partitions), name="aiokprod-add-partitions-to-txn")
         task.add_done_callback(self._partitions_done)
 
-    def _partitions_done(self, task: asyncio.Task) -> None:
+    def _partitions_done(self, task: asyncio.Task[None]) -> None:
         self._partitions_task = None
         if not task.cancelled():
             exc = task.exception()
@@ -355,15 +375,15 @@ class Sender:
                     self._fatal(exc)
         self.wakeup()
 
-    async def _sleep_or_wakeup(self, delay: float) -> None:
+    async def _sleep_or_wakeup(self, delay: float, wakeup: asyncio.Event) -> None:
         # A timer that sets the event, not asyncio.wait_for: no task per wait, and no lost cancellation.
-        timer = asyncio.get_running_loop().call_later(delay, self._wakeup.set)
+        timer = asyncio.get_running_loop().call_later(delay, wakeup.set)
         try:
-            await self._wakeup.wait()
+            await wakeup.wait()
         finally:
             timer.cancel()
 
-    def _send_ready(self, now: float, sendable) -> Optional[float]:
+    def _send_ready(self, now: float, sendable: _Sendable) -> Optional[float]:
         cluster = self.cluster
         accumulator = self.accumulator
         max_in_flight = self.max_in_flight
@@ -371,7 +391,7 @@ class Sender:
         ready, next_check = accumulator.ready(now, sendable)
         if not ready:
             return next_check
-        by_node: dict[int, list] = {}
+        by_node: dict[int, list[PartitionQueue]] = {}
         unknown_leader = False
         for queue in ready:
             node = cluster.leader(queue.topic, queue.partition)
@@ -404,7 +424,7 @@ class Sender:
                 next_check = 0.0
         return next_check
 
-    def _send_to(self, connection, node: int, queues) -> None:
+    def _send_to(self, connection: BrokerConnection, node: int, queues: list[PartitionQueue]) -> None:
         """Drain one batch per partition (up to max_request_size) into one Produce request."""
         accumulator = self.accumulator
         version = connection.version_for(ProduceRequest, 3)  # magic-2 record batches need v3+
@@ -418,7 +438,7 @@ class Sender:
         manager = self.manager
         budget = self.config.max_request_size
         self._random.shuffle(queues)  # fairness between partitions when the request fills up
-        batches = []
+        batches: list[ProducerBatch] = []
         for queue in queues:
             batch = accumulator.head(queue)
             if batches and batch.builder.size_in_bytes > budget:
@@ -426,21 +446,21 @@ class Sender:
             if idempotent:
                 # Sequences are assigned here, at drain time, so they follow the order batches are sent in;
                 # a retry keeps its identity and sequence (the payload is reused as is).
-                batch.freeze(*manager.on_drain(batch, len(batch.builder)))
+                payload = batch.freeze(*manager.on_drain(batch, len(batch.builder)))
             else:
-                batch.freeze(-1, -1, -1, False)
-            budget -= len(batch.payload)
+                payload = batch.freeze(-1, -1, -1, False)
+            budget -= len(payload)
             accumulator.drain_head(queue, node)
             batch.attempts += 1
             batches.append(batch)
             self.in_flight_batches.add(batch)
             for fn in self.hooks.on_batch_drained:
                 fn(batch.topic, batch.partition, batch.record_count, batch.builder.size_in_bytes,
-                   len(batch.payload), batch.attempts)
+                   len(payload), batch.attempts)
         if not batches:
             return
         correlation_id = connection.next_correlation_id()
-        topics: dict[str, list] = {}
+        topics: dict[str, list[tuple[int, Optional[bytes]]]] = {}
         for batch in batches:
             topics.setdefault(batch.topic, []).append((batch.partition, batch.payload))
         buffers = encode_produce_request(version, correlation_id, self.config.client_id, manager.transactional_id,
@@ -449,12 +469,17 @@ class Sender:
                                        response_class=self._produce_response)
         if self.hooks.on_request_sent:
             for fn in self.hooks.on_request_sent:
-                fn(node, len(batches), sum(b.record_count for b in batches), sum(len(b.payload) for b in batches))
+                fn(node, len(batches), sum(b.record_count for b in batches),
+                   sum(len(cast(bytes, b.payload)) for b in batches))
         sent_at = time.monotonic()
         future.add_done_callback(lambda f: self._on_response(f, batches, sent_at, node))
 
     # -- settling -----------------------------------------------------------------------------------------
-    def _on_response(self, future: asyncio.Future, batches: list, sent_at: float, node: int = -1) -> None:
+    def _on_response(self, future: asyncio.Future[Any], batches: list[ProducerBatch], sent_at: float,
+                     node: int = -1) -> None:
+        # What ProduceResponseReader decoded (None with acks=0: no response is read).
+        response: Optional[ProduceResult]
+        error: Optional[BaseException]
         try:
             response = future.result()
         except asyncio.CancelledError:
@@ -465,13 +490,13 @@ class Sender:
             error = exc
         else:
             error = None
-        by_partition = {}
+        by_partition: dict[tuple[str, int], ProducePartitionResult] = {}
         for fn in self.hooks.on_request_answered:
             fn(node, (time.monotonic() - sent_at) * 1000.0, getattr(response, "throttle_time_ms", 0) or 0, error)
         if response is not None:
             for topic in response.responses:
-                for part in topic.partition_responses:
-                    by_partition[(topic.name, part.index)] = part
+                for result in topic.partition_responses:
+                    by_partition[(topic.name, result.index)] = result
         for batch in batches:
             if batch not in self.in_flight_batches:
                 continue  # settled already (producer closed)
@@ -498,7 +523,7 @@ class Sender:
                     self._settle_partition(batch, part)
         self.wakeup()
 
-    def _settle_partition(self, batch, part) -> None:
+    def _settle_partition(self, batch: ProducerBatch, part: ProducePartitionResult) -> None:
         code = part.error_code
         idempotent = self.idempotent
         action = classify_produce_error(
@@ -535,7 +560,7 @@ class Sender:
         else:
             self._settle_error(batch, error, returned=True)
 
-    def _earlier_in_doubt(self, batch) -> bool:
+    def _earlier_in_doubt(self, batch: ProducerBatch) -> bool:
         """Is an earlier batch of the same partition in flight or waiting for its retry? Then an
         OUT_OF_ORDER_SEQUENCE answer is the echo of that gap, not lost broker state."""
         topic, partition, order = batch.topic, batch.partition, batch.drain_order
@@ -545,15 +570,15 @@ class Sender:
         head = self.accumulator.head_of(topic, partition)
         return head is not None and 0 <= head.drain_order < order
 
-    def _succeed(self, batch, base_offset: int, log_append_time: int) -> None:
+    def _succeed(self, batch: ProducerBatch, base_offset: int, log_append_time: int) -> None:
         if self.idempotent:
             self.manager.on_success(batch)
         self.accumulator.batch_done(batch)
         for fn in self.hooks.on_batch_acknowledged:
-            fn(batch.topic, batch.partition, batch.record_count, base_offset, len(batch.payload))
+            fn(batch.topic, batch.partition, batch.record_count, base_offset, len(cast(bytes, batch.payload)))
         batch.completion.resolve(base_offset, log_append_time if log_append_time is not None else -1)
 
-    def _retry(self, batch, error: BaseException, outcome, refresh: bool) -> None:
+    def _retry(self, batch: ProducerBatch, error: BaseException, outcome: Optional[str], refresh: bool) -> None:
         """The batch came back without success: report how (``outcome``: _UNKNOWN, _RETRIABLE, or None when
         reported already) and requeue it, or fail it if its time or retries are spent."""
         if self.idempotent:
@@ -581,7 +606,7 @@ class Sender:
         if refresh:
             self.cluster.request_refresh()
 
-    def _settle_error(self, batch, error: BaseException, returned: bool) -> None:
+    def _settle_error(self, batch: ProducerBatch, error: BaseException, returned: bool) -> None:
         """The batch fails. ``returned``: this is also the end of its request (not reported yet)."""
         if self.idempotent:
             # A sequence that will never be acknowledged: the manager resets the identity (or, in a
@@ -589,7 +614,7 @@ class Sender:
             self.manager.on_failed(batch, error, in_flight=returned)
         self._fail(batch, error)
 
-    def _fail(self, batch, error: BaseException) -> None:
+    def _fail(self, batch: ProducerBatch, error: BaseException) -> None:
         self.accumulator.batch_done(batch)
         if batch.completion.settled:
             return
@@ -616,7 +641,8 @@ class Sender:
 _UNKNOWN = "unknown"
 _RETRIABLE = "retriable"
 
-def _delivery_failed(batch, cause, now: float, in_flight: bool = False) -> errors.DeliveryTimeoutError:
+def _delivery_failed(batch: ProducerBatch, cause: Optional[BaseException], now: float,
+                     in_flight: bool = False) -> errors.DeliveryTimeoutError:
     waited = now - batch.created
     if in_flight:
         state = f"expired while attempt {batch.attempts} was in flight with no answer yet"
@@ -638,20 +664,22 @@ def _delivery_failed(batch, cause, now: float, in_flight: bool = False) -> error
     return exc
 
 
-def _gave_up(batch, cause, retries, closing: bool) -> errors.KafkaError:
+def _gave_up(batch: ProducerBatch, cause: BaseException, retries: Optional[int], closing: bool) -> errors.KafkaError:
     """Not retried although its deadline is not reached: the producer is closing, or ``retries`` is spent."""
     why = "the producer is closing" if closing else f"retries={retries} reached"
     doubt = " The last attempt got no answer, so the broker may have written it." if batch.outcome_unknown else ""
     cls = errors.ProducerClosedError if closing else errors.KafkaError
     exc = cls(f"{len(batch.builder)} record(s) for {batch.topic}-{batch.partition} not delivered: {why} after "
               f"{batch.attempts} attempt(s); last error: {cause}.{doubt}")
-    exc.topic = batch.topic
-    exc.partition = batch.partition
+    # KafkaError and ProducerClosedError declare no topic/partition (DeliveryTimeoutError does): they are set
+    # on the instance as before, for whoever reads them.
+    setattr(exc, "topic", batch.topic)
+    setattr(exc, "partition", batch.partition)
     exc.__cause__ = cause
     return exc
 
 
-def _retries_exhausted(batch: Any, cause: BaseException, retries: int) -> errors.RetriesExhaustedError:
+def _retries_exhausted(batch: ProducerBatch, cause: BaseException, retries: int) -> errors.RetriesExhaustedError:
     doubt = (" The last attempt got no answer, so the broker may have written it."
              if batch.outcome_unknown else "")
     return errors.RetriesExhaustedError(
@@ -660,7 +688,7 @@ def _retries_exhausted(batch: Any, cause: BaseException, retries: int) -> errors
         topic=batch.topic, partition=batch.partition, attempts=batch.attempts, last_error=cause)
 
 
-def _always(queue) -> bool:
+def _always(queue: PartitionQueue) -> bool:
     return True
 
 
