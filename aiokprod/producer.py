@@ -414,7 +414,8 @@ class Producer:
             self._manager.check_can_send()  # again: the transaction may have ended while we awaited metadata
         if sticky:
             before = self._open_batch_size(topic, partition)
-        handle: Optional[DeliveryHandle] = accumulator.try_append(topic, partition, timestamp_ms, key, value, headers)
+        handle: Optional[DeliveryHandle] = accumulator.try_append(topic, partition, timestamp_ms, key, value,
+                                                                  headers)
         if handle is None:
             handle, before = await self._append_new_batch(topic, partition, timestamp_ms, key, value, headers, size)
         if sticky:
@@ -446,7 +447,8 @@ class Producer:
             f"buffer_memory={self.config.buffer_memory})")
 
     async def _append_new_batch(self, topic: str, partition: int, timestamp_ms: int, key: Optional[BytesLike],
-                                value: Optional[BytesLike], headers: Optional[HeaderPairs], size: int) -> tuple[DeliveryHandle, tuple[Any, int]]:
+                                value: Optional[BytesLike], headers: Optional[HeaderPairs],
+                                size: int) -> tuple[DeliveryHandle, tuple[Any, int]]:
         """The record needs a new batch: reserve its buffer (waiting for room, FIFO), then append. Returns the
         handle and ``_open_batch_size`` as it was just before the append (after any wait)."""
         accumulator = cast(RecordAccumulator, self._accumulator)  # set by start(): send() runs from then on
@@ -614,8 +616,9 @@ class Producer:
             return  # stop() aborts what is left open
         self._check_running(operation)
 
-    async def send_offsets_to_transaction(self, offsets: Mapping[tuple[str, int], int], group_id: str, *, generation_id: int = -1,
-                                          member_id: str = "", group_instance_id: Optional[str] = None,
+    async def send_offsets_to_transaction(self, offsets: Mapping[tuple[str, int], int], group_id: str, *,
+                                          generation_id: int = -1, member_id: str = "",
+                                          group_instance_id: Optional[str] = None,
                                           timeout: Optional[float] = None) -> None:
         """Commit a consumer group's offsets as part of the transaction (consume-transform-produce).
 
