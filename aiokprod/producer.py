@@ -17,20 +17,21 @@ import functools
 import logging
 import operator
 import warnings
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from time import monotonic as _monotonic, time as _time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, NoReturn, Optional, Union, cast
 
 from . import errors
 from .accumulator import RecordAccumulator
 from .appender import RecordAppender
-from .cluster import Cluster
+from .cluster import Cluster, TopicInfo
 from .codec import record_size_upper_bound
 from .config import ProducerConfig
 from .delivery import DeliveryErrorReporter
-from .handle import BatchCompletion
+from .handle import BatchCompletion, DeliveryHandle
 from .hooks import Hooks
 from .interceptors import InterceptorChain, ProducerRecord
+from .metadata import RecordMetadata
 from .metrics import ProducerMetrics
 from .partitioner import (CallablePartitioner, ClusterView, DefaultPartitioner, RecordPartitioner,
                           RoundRobinPartitioner, make_partitioner)
@@ -38,6 +39,17 @@ from .sender import Sender
 from .serializers import check_bytes
 from .transaction_manager import TransactionManager, TxnState
 from .transactions import TransactionDriver
+
+if TYPE_CHECKING:  # annotations only: typing_extensions is needed by the type checker, not at run time
+    from typing_extensions import Unpack
+
+    from .compression import BytesLike
+    from .config import ProducerSettings
+
+    # What send() takes as headers: (name, value) pairs as the codec takes them, or a mapping of name to value
+    # (send() makes it pairs). Values are bytes-like or None.
+    HeaderPairs = Sequence[tuple[str, Optional[BytesLike]]]
+    Headers = Union[HeaderPairs, Mapping[str, Optional[BytesLike]]]
 
 log = logging.getLogger("aiokprod.producer")
 
@@ -53,18 +65,28 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+class _Parts(NamedTuple):
+    """What start() builds: the producer's parts that need the running loop."""
+    loop: asyncio.AbstractEventLoop
+    cluster: Cluster
+    accumulator: RecordAccumulator
+    sender: Sender
+    driver: TransactionDriver
+
+
 class Producer:
     """An asyncio Kafka producer. Build it anywhere (no loop needed); it binds to the loop in ``start()``."""
 
-    def __init__(self, bootstrap_servers="127.0.0.1:9092", **config) -> None:
+    def __init__(self, bootstrap_servers: str | list[str] = "127.0.0.1:9092",
+                 **config: Unpack[ProducerSettings]) -> None:
         self.config = ProducerConfig(bootstrap_servers=bootstrap_servers, **config)
         self._init_parts()
 
     @classmethod
-    def from_config(cls, settings: dict) -> "Producer":
+    def from_config(cls, settings: Mapping[str, Any]) -> "Producer":
         """Build from a dict of keyword names or Java/librdkafka dotted names (``linger.ms``, ...)."""
         producer = cls.__new__(cls)
-        producer.config = ProducerConfig.from_dict(settings)
+        producer.config = ProducerConfig.from_dict(dict(settings))
         producer._init_parts()
         return producer
 
@@ -72,9 +94,10 @@ class Producer:
         config = self.config
         # send()'s fast path, and the keyless sticky state its DefaultPartitioner shares with it.
         self._appender = RecordAppender(config.batch_size)
-        self._fast_append = self._appender.append
+        # Typed as it behaves: it takes any arguments and declines (returns None for) what is not plain.
+        self._fast_append: Callable[..., Optional[DeliveryHandle]] = self._appender.append
         self._state = State.NEW
-        self._stopped: Optional[asyncio.Future] = None
+        self._stopped: Optional[asyncio.Future[None]] = None
         self._abandon_reported = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._partitioner = make_partitioner(config.partitioner, config.batch_size, self._appender)
@@ -93,7 +116,7 @@ class Producer:
         self._delivery_errors = (DeliveryErrorReporter(config.on_delivery_error)
                                  if config.on_delivery_error is not None else None)
         self._max_record_size = min(config.max_request_size, config.buffer_memory)
-        self._topics: dict = {}
+        self._topics: dict[str, TopicInfo] = {}
         self._key_serializer = config.key_serializer
         self._value_serializer = config.value_serializer
         # The fast path does what the slow path does for records that need no interceptor, serializer or
@@ -138,11 +161,12 @@ class Producer:
         self._cluster_view = ClusterView(self._topics)
         self._accumulator = RecordAccumulator(
             batch_size=config.batch_size,
-            compression=config.compression_type,
+            # validate() replaced a None of these two by its default: both are set here.
+            compression=cast(str, config.compression_type),
             compression_level=config.compression_level,
             linger_ms=config.linger_ms,
             buffer_memory=config.buffer_memory,
-            delivery_timeout_ms=config.delivery_timeout_ms,
+            delivery_timeout_ms=cast(int, config.delivery_timeout_ms),
             completion_factory=lambda topic, partition: BatchCompletion(loop, topic, partition),
             on_wakeup=self._wakeup_sender,
             appender=self._appender,
@@ -188,10 +212,11 @@ class Producer:
         self._report_lost(count)
 
     def _report_lost(self, count: int) -> None:
-        if self._abandon_reported or count == 0:
+        loop = self._loop  # set by start(), before the sender that counts the records exists
+        if self._abandon_reported or count == 0 or loop is None:
             return
         self._abandon_reported = True
-        self._loop.call_exception_handler({
+        loop.call_exception_handler({
             "message": f"{self!r} was not stopped before its event loop ended: {count} record(s) were never "
                        "delivered (await producer.stop() or use 'async with' to deliver them)",
             "producer": self,
@@ -202,7 +227,7 @@ class Producer:
         return (f"<aiokprod.Producer client_id={config.client_id!r} bootstrap={config.bootstrap_servers!r} "
                 f"{self._state.value}>")
 
-    def __del__(self, _warn=warnings.warn) -> None:
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         # Like an unclosed socket or transport: a ResourceWarning. And if the loop went away without
         # cancelling our sender (loop.close() after run_until_complete), nobody reported the lost records yet.
         # Only a started producer holds anything (its loop, connections, tasks); never started, or closed,
@@ -216,6 +241,16 @@ class Producer:
                 self._report_lost(self._sender.undelivered_records())
             except Exception:  # noqa: BLE001 - a finaliser must not raise; this is only a report
                 pass
+
+    def _parts(self, operation: str) -> _Parts:
+        """The parts start() built. They exist from start() on: every caller checked the state first, so the
+        error here means start() failed before building them."""
+        loop, cluster, accumulator = self._loop, self._cluster, self._accumulator
+        sender, driver = self._sender, self._driver
+        if loop is None or cluster is None or accumulator is None or sender is None or driver is None:
+            raise errors.IllegalStateError(f"{operation}() on a producer whose start() did not complete "
+                                           f"({self._state.value})")
+        return _Parts(loop, cluster, accumulator, sender, driver)
 
     def _wakeup_sender(self) -> None:
         if self._sender is not None:
@@ -233,8 +268,9 @@ class Producer:
         if self._state is State.NEW:
             self._set_state(State.CLOSED)
             return
+        parts = self._parts("stop")
         self._set_state(State.CLOSING)
-        self._stopped = self._loop.create_future()
+        stopped = self._stopped = parts.loop.create_future()
         if timeout is None:
             timeout = self.config.stop_timeout_ms / 1000.0
         try:
@@ -242,31 +278,31 @@ class Producer:
                 # Never commit implicitly: what the application left open is aborted.
                 await self.abort_transaction(timeout)
             else:
-                await self._sender.flush(timeout)
+                await parts.sender.flush(timeout)
         except asyncio.TimeoutError:
             log.warning("stop(): records still undelivered after %.1fs; failing them", timeout)
         except Exception as exc:  # noqa: BLE001 - stop must close whatever flush says
             log.warning("stop(): flush failed: %s", exc)
         finally:
-            await self._sender.close(errors.ProducerClosedError("producer stopped before the record was delivered"))
-            await self._cluster.close()
+            await parts.sender.close(errors.ProducerClosedError("producer stopped before the record was delivered"))
+            await parts.cluster.close()
             # Failing a batch schedules its handles' completion with one call_soon; yield once so that
             # every handle is done() when stop() returns (callbacks run FIFO, before our resumption).
             await asyncio.sleep(0)
             self._interceptors.close()
             self._set_state(State.CLOSED)
-            self._stopped.set_result(None)
+            stopped.set_result(None)
 
     async def __aenter__(self) -> "Producer":
         await self.start()
         return self
 
-    async def __aexit__(self, *exc_info) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
     # -- sending ------------------------------------------------------------------------------------------
-    async def send(self, topic: str, value=None, key=None, partition: Optional[int] = None,
-                   timestamp_ms: Optional[int] = None, headers=None):
+    async def send(self, topic: str, value: Any = None, key: Any = None, partition: Optional[int] = None,
+                   timestamp_ms: Optional[int] = None, headers: Optional[Headers] = None) -> DeliveryHandle:
         """Append a record; return its delivery handle (await it for ``RecordMetadata``).
 
         The hot path: with the topic's metadata cached and room in the buffer this never yields. The common
@@ -289,7 +325,7 @@ class Producer:
         return await self._append_record(topic, value, key, partition, timestamp_ms, headers)
 
     async def _send_observed(self, topic: Any, value: Any, key: Any, partition: Any, timestamp_ms: Any,
-                             headers: Any) -> Any:
+                             headers: Any) -> DeliveryHandle:
         """send() for a record somebody watches: interceptors' on_send, hooks' on_record_send (which may add
         headers), then the general path; whatever send() rejects from here on is acknowledged to them with
         the error (as the Java client does), and what it appends, when its batch is done."""
@@ -320,7 +356,7 @@ class Producer:
         return handle
 
     async def _append_record(self, topic: Any, value: Any, key: Any, partition: Any, timestamp_ms: Any,
-                             headers: Any) -> Any:
+                             headers: Any) -> DeliveryHandle:
         """The general path: serialize, find the topic's metadata, partition, append (maybe a new batch)."""
         key_object, value_object = key, value
         # The arguments the fast path declined for their type or range (it takes only exact ints).
@@ -352,7 +388,9 @@ class Producer:
         sticky = partition is None and key is None and self._counts_appended
         if partition is None:
             if self._record_partition is not None:
-                partition = self._record_partition(topic, key_object, key, value_object, value, self._cluster_view)
+                # start() set the view (send() runs from then on): the cast only tells the type checker so.
+                partition = self._record_partition(topic, key_object, key, value_object, value,
+                                                   cast(ClusterView, self._cluster_view))
             else:
                 partition = self._partitioner.partition(topic, key, num_partitions)
             if type(partition) is not int or not 0 <= partition < num_partitions:
@@ -371,12 +409,13 @@ class Producer:
             raise _headers_error(topic, headers, exc) from exc
         if size > self._max_record_size:
             self._record_too_large(topic, partition, size)
-        accumulator = self._accumulator
+        accumulator = cast(RecordAccumulator, self._accumulator)  # set by start(), like _cluster_view
         if self._transactional:
             self._manager.check_can_send()  # again: the transaction may have ended while we awaited metadata
         if sticky:
             before = self._open_batch_size(topic, partition)
-        handle = accumulator.try_append(topic, partition, timestamp_ms, key, value, headers)
+        handle: Optional[DeliveryHandle] = accumulator.try_append(topic, partition, timestamp_ms, key, value,
+                                                                  headers)
         if handle is None:
             handle, before = await self._append_new_batch(topic, partition, timestamp_ms, key, value, headers, size)
         if sticky:
@@ -386,36 +425,41 @@ class Producer:
                                               num_partitions)
         return handle
 
-    def _raise_not_running(self, topic) -> None:
-        if self._state is State.FAILED and self._transactional and isinstance(self._sender.fatal_error,
-                                                                             errors.FatalError):
+    def _raise_not_running(self, topic: object) -> NoReturn:
+        # FAILED: the sender failed, so start() built it.
+        fatal = self._sender.fatal_error if self._sender is not None else None
+        if self._state is State.FAILED and self._transactional and isinstance(fatal, errors.FatalError):
             self._manager.check_not_fatal()  # raises it: a fenced zombie is told ProducerFencedError itself
         if self._state is State.FAILED:
-            fatal = self._sender.fatal_error
             raise errors.KafkaError(f"send() to {topic!r}: the producer failed and must be stopped: {fatal}") from fatal
         raise errors.ProducerClosedError(f"send() to {topic!r} on a producer that is {self._state.value}")
 
-    async def _topic_info(self, topic):
+    async def _topic_info(self, topic: object) -> TopicInfo:
         if type(topic) is not str or not topic:
             raise TypeError(f"topic must be a non-empty str, got {topic!r}")
-        return await self._cluster.wait_for_topic(topic, self._max_block)
+        # start() set the cluster (send() runs from then on): the cast only tells the type checker so.
+        return await cast(Cluster, self._cluster).wait_for_topic(topic, self._max_block)
 
-    def _record_too_large(self, topic: str, partition: int, size: int):
+    def _record_too_large(self, topic: str, partition: int, size: int) -> NoReturn:
         raise errors.RecordTooLargeError(
             f"record for {topic}-{partition} is {size} bytes serialized, over the limit of "
             f"{self._max_record_size} (max_request_size={self.config.max_request_size}, "
             f"buffer_memory={self.config.buffer_memory})")
 
-    async def _append_new_batch(self, topic, partition, timestamp_ms, key, value, headers, size):
+    async def _append_new_batch(self, topic: str, partition: int, timestamp_ms: int, key: Optional[BytesLike],
+                                value: Optional[BytesLike], headers: Optional[HeaderPairs],
+                                size: int) -> tuple[DeliveryHandle, tuple[Any, int]]:
         """The record needs a new batch: reserve its buffer (waiting for room, FIFO), then append. Returns the
         handle and ``_open_batch_size`` as it was just before the append (after any wait)."""
-        accumulator = self._accumulator
+        accumulator = cast(RecordAccumulator, self._accumulator)  # set by start(): send() runs from then on
         reserved = accumulator.new_batch_reservation(size)
         if not accumulator.try_reserve(reserved):
             await self._wait_for_memory(reserved, size, topic, partition)
         before = self._open_batch_size(topic, partition)
         try:
-            return accumulator.append_new(topic, partition, timestamp_ms, key, value, headers, reserved), before
+            handle: DeliveryHandle = accumulator.append_new(topic, partition, timestamp_ms, key, value, headers,
+                                                            reserved)
+            return handle, before
         except BaseException:
             accumulator.release(reserved)
             raise
@@ -435,8 +479,9 @@ class Producer:
         return size - before[1] if batch is before[0] else size
 
     async def _wait_for_memory(self, size: int, record_size: int, topic: str, partition: int) -> None:
-        accumulator = self._accumulator
-        future = self._loop.create_future()
+        # Both set by start(): send() runs from then on; the casts only tell the type checker so.
+        accumulator = cast(RecordAccumulator, self._accumulator)
+        future: asyncio.Future[None] = cast(asyncio.AbstractEventLoop, self._loop).create_future()
         waiter = accumulator.enqueue_waiter(size, future)
         hooks = self._hooks
         if hooks.on_buffer_wait:
@@ -467,8 +512,8 @@ class Producer:
             accumulator.release(size)
             self._manager.check_can_send()  # the transaction ended while we waited for memory
 
-    async def send_and_wait(self, topic: str, value=None, key=None, partition: Optional[int] = None,
-                            timestamp_ms: Optional[int] = None, headers=None):
+    async def send_and_wait(self, topic: str, value: Any = None, key: Any = None, partition: Optional[int] = None,
+                            timestamp_ms: Optional[int] = None, headers: Optional[Headers] = None) -> RecordMetadata:
         # send()'s own first step, inline: the common case then makes one coroutine per record, not two.
         handle = self._fast_append(topic, value, key, partition, timestamp_ms, headers)
         if handle is None:
@@ -479,7 +524,7 @@ class Producer:
         """Send everything buffered now, and wait until it is delivered (or failed)."""
         if self._state not in (State.RUNNING, State.CLOSING):
             raise errors.ProducerClosedError(f"flush() on a producer that is {self._state.value}")
-        await self._sender.flush(timeout)
+        await self._parts("flush").sender.flush(timeout)
 
     # -- transactions -------------------------------------------------------------------------------------
     def _check_running(self, operation: str) -> None:
@@ -492,8 +537,9 @@ class Producer:
         """Open a transaction: every record sent until commit_transaction() or abort_transaction() is part
         of it. Needs ``transactional_id``; one transaction at a time."""
         self._check_running("begin_transaction")
+        loop = self._parts("begin_transaction").loop
         self._manager.begin_transaction()  # turns the fast path on (the manager's on_change)
-        self._txn_started = self._loop.time()
+        self._txn_started = loop.time()
 
     async def commit_transaction(self, timeout: Optional[float] = None) -> None:
         """Deliver every record of the transaction, then commit it (EndTxn). Raises an ``AbortableError``
@@ -501,9 +547,10 @@ class Producer:
         abort_transaction() then. A ``KafkaTimeoutError`` (``timeout``, default ``max_block_ms``) leaves the
         commit under way: calling commit_transaction() again resumes it."""
         self._check_running("commit_transaction")
+        loop, _, _, sender, driver = self._parts("commit_transaction")
         manager = self._manager
         if manager.state is TxnState.IN_TRANSACTION:
-            age = self._loop.time() - self._txn_started
+            age = loop.time() - self._txn_started
             if age * 1000.0 > self.config.transaction_timeout_ms:
                 # The coordinator aborts a transaction open longer than this (and bumps the epoch); say so
                 # here, where the application can still abort cleanly.
@@ -511,55 +558,57 @@ class Producer:
                     f"transaction {manager.transactional_id!r} was open {age * 1000:.0f} ms, longer than "
                     f"transaction_timeout_ms ({self.config.transaction_timeout_ms}): it cannot commit; abort it"))
         manager.prepare_commit()
-        deadline = self._loop.time() + (self._max_block if timeout is None else timeout)
+        deadline = loop.time() + (self._max_block if timeout is None else timeout)
         try:
-            await self._sender.flush(max(deadline - self._loop.time(), 0.0))
+            await sender.flush(max(deadline - loop.time(), 0.0))
         except asyncio.TimeoutError:
             raise errors.KafkaTimeoutError(
                 f"commit_transaction(): records of transaction {manager.transactional_id!r} not delivered in "
                 "time; call commit_transaction() again to go on waiting") from None
-        await self._sender.transaction_requests_done()
+        await sender.transaction_requests_done()
         if manager.state is not TxnState.COMMITTING:
             manager.prepare_commit()  # raises the error that ended the commit (abortable or fatal)
         if manager.needs_end_txn():
-            await self._fatal_guard(self._driver.end_transaction(True, max(deadline - self._loop.time(), 0.001)))
+            await self._fatal_guard(driver.end_transaction(True, max(deadline - loop.time(), 0.001)))
         manager.end_succeeded()
 
     async def abort_transaction(self, timeout: Optional[float] = None) -> None:
         """Abort the transaction: records not yet sent fail with ``TransactionAbortedError``, those in flight
         are waited for, then EndTxn(abort) marks all of it aborted for read_committed consumers."""
         self._check_running_or_closing("abort_transaction")
+        loop, _, accumulator, sender, driver = self._parts("abort_transaction")
         manager = self._manager
         manager.prepare_abort()
-        deadline = self._loop.time() + (self._max_block if timeout is None else timeout)
+        deadline = loop.time() + (self._max_block if timeout is None else timeout)
         cause = manager.error
         error = errors.TransactionAbortedError(
             f"record not sent: transaction {manager.transactional_id!r} was aborted"
             + (f" after: {cause}" if cause is not None else ""))
         error.__cause__ = cause
-        self._sender.abort_unsent(error)
+        sender.abort_unsent(error)
         try:
-            await self._sender.flush(max(deadline - self._loop.time(), 0.0))
+            await sender.flush(max(deadline - loop.time(), 0.0))
         except asyncio.TimeoutError:
             raise errors.KafkaTimeoutError(
                 f"abort_transaction(): requests of transaction {manager.transactional_id!r} still in flight; "
                 "call abort_transaction() again to go on waiting") from None
-        await self._sender.transaction_requests_done()
+        await sender.transaction_requests_done()
         if manager.needs_end_txn():
-            await self._fatal_guard(self._driver.end_transaction(False, max(deadline - self._loop.time(), 0.001)))
+            await self._fatal_guard(driver.end_transaction(False, max(deadline - loop.time(), 0.001)))
         manager.end_succeeded()
         if manager.state is TxnState.INITIALIZING:
             # Sequences of the aborted transaction are unknown: bump the epoch (our own id and epoch).
-            await self._fatal_guard(self._driver.init_producer_id(max(deadline - self._loop.time(), 0.001)))
-            self._accumulator.forget_sequences()
+            await self._fatal_guard(driver.init_producer_id(max(deadline - loop.time(), 0.001)))
+            accumulator.forget_sequences()
 
-    async def _fatal_guard(self, request) -> None:
+    async def _fatal_guard(self, request: Awaitable[None]) -> None:
         """Await a coordinator request; if it left the producer fatal (fenced...), nothing more is sent."""
         try:
             await request
         except BaseException:
-            if self._manager.fatal and self._sender.fatal_error is None:
-                self._sender.fail(self._manager.error)
+            sender, error = self._sender, self._manager.error  # a fatal manager holds its error
+            if self._manager.fatal and error is not None and sender is not None and sender.fatal_error is None:
+                sender.fail(error)
             raise
 
     def _check_running_or_closing(self, operation: str) -> None:
@@ -567,8 +616,9 @@ class Producer:
             return  # stop() aborts what is left open
         self._check_running(operation)
 
-    async def send_offsets_to_transaction(self, offsets, group_id: str, *, generation_id: int = -1,
-                                          member_id: str = "", group_instance_id: Optional[str] = None,
+    async def send_offsets_to_transaction(self, offsets: Mapping[tuple[str, int], int], group_id: str, *,
+                                          generation_id: int = -1, member_id: str = "",
+                                          group_instance_id: Optional[str] = None,
                                           timeout: Optional[float] = None) -> None:
         """Commit a consumer group's offsets as part of the transaction (consume-transform-produce).
 
@@ -577,8 +627,9 @@ class Producer:
         ``group_instance_id`` (KIP-447) let the group coordinator fence a consumer that lost its partitions.
         """
         self._check_running("send_offsets_to_transaction")
+        driver = self._parts("send_offsets_to_transaction").driver
         self._manager.check_can_send_offsets(group_id)
-        checked = {}
+        checked: dict[tuple[str, int], int] = {}
         for key, offset in dict(offsets).items():
             if (not isinstance(key, tuple) or len(key) != 2 or not isinstance(key[0], str)
                     or type(key[1]) is not int or key[1] < 0):
@@ -588,12 +639,12 @@ class Producer:
             checked[key] = offset
         if not checked:
             raise ValueError("send_offsets_to_transaction() needs at least one offset")
-        await self._fatal_guard(self._driver.send_offsets(
+        await self._fatal_guard(driver.send_offsets(
             checked, group_id, self._max_block if timeout is None else timeout, generation_id, member_id,
             group_instance_id))
 
     @contextlib.asynccontextmanager
-    async def transaction(self):
+    async def transaction(self) -> AsyncIterator[Producer]:
         """``async with producer.transaction():`` commits when the block succeeds and aborts when it raises
         (or when the commit fails with an ``AbortableError``), then re-raises."""
         self.begin_transaction()
@@ -611,10 +662,11 @@ class Producer:
             raise
 
     # -- information --------------------------------------------------------------------------------------
-    async def partitions_for(self, topic: str) -> list:
+    async def partitions_for(self, topic: str) -> list[int]:
         if self._state is not State.RUNNING:
             raise errors.ProducerClosedError(f"partitions_for() on a producer that is {self._state.value}")
-        info = self._cluster.topics.get(topic) or await self._cluster.wait_for_topic(topic, self._max_block)
+        cluster = self._parts("partitions_for").cluster
+        info = cluster.topics.get(topic) or await cluster.wait_for_topic(topic, self._max_block)
         return list(info.partitions)
 
     @property
@@ -628,7 +680,7 @@ class Producer:
         """
         return self._state is State.RUNNING and self._cluster is not None and self._cluster.connected
 
-    def metrics(self) -> dict:
+    def metrics(self) -> dict[str, Any]:
         """A snapshot of the producer's metrics (the Java producer's core set in snake_case; see
         ``aiokprod/metrics.py``): rates, averages and maxima over the last 30 s, totals since start,
         ``errors_by_code`` (error name -> count)."""

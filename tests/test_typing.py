@@ -95,7 +95,6 @@ def _user_config(tmp_path: Path) -> Path:
     return config
 
 
-@pytest.mark.xfail(strict=True, reason="producer.py not yet annotated (pending the txn/observability merges)")
 def test_a_users_awaited_send_type_checks_as_record_metadata(tmp_path: Path, mypy_cache: Path) -> None:
     user = tmp_path / "user_app.py"
     # mypy renders RecordMetadata (a NamedTuple) as "tuple[..., fallback=aiokprod.metadata.RecordMetadata]":
