@@ -122,8 +122,6 @@ def test_a_users_awaited_send_type_checks_as_record_metadata(tmp_path: Path, myp
     assert status == 0, output
 
 
-@pytest.mark.xfail(strict=True, reason="producer.py, sender.py and accumulator.py are not yet annotated "
-                                       "(being rewritten on the txn/observability branches)")
 def test_mypy_strict_is_clean_over_the_package(mypy_cache: Path) -> None:
     # The project's own settings ([tool.mypy] in pyproject.toml: strict, and the untyped libraries).
     output, status = _run_mypy("--config-file", str(ROOT / "pyproject.toml"), "--cache-dir", str(mypy_cache),
