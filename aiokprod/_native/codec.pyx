@@ -26,7 +26,11 @@ from libc.string cimport memcpy, memset
 
 from crc32c import crc32c as _crc32c
 
-from aiokprod.compression import codec_id, compress
+from aiokprod.compression import (
+    CODEC_IDS as _CODEC_IDS, LZ4_FRAME_ARGS as _LZ4_FRAME_ARGS, XERIAL_BLOCK as _XERIAL_BLOCK_PY,
+    XERIAL_HEADER as _XERIAL_HEADER, codec_id, compress, lz4_frame_compress as _lz4_frame_compress,
+    snappy_compress_raw as _snappy_compress_raw, zstd_compressor,
+)
 from aiokprod.errors import CorruptRecordError
 
 __all__ = (
@@ -48,10 +52,19 @@ cdef enum:
     ATTRIBUTES_OFFSET = 21
     LOG_OVERHEAD = 12
     ATTR_TRANSACTIONAL = 0x10
+    CODEC_SNAPPY = 2
+    CODEC_LZ4 = 3
+    CODEC_ZSTD = 4
     # length varint (5) + attributes (1) + timestampDelta varlong (10) + offsetDelta varint (5)
     OVERHEAD_MAX = 21
 
 BATCH_HEADER_SIZE = HEADER_SIZE
+
+# The framing constants live in aiokprod.compression (one definition for both twins); copied into C here.
+cdef Py_ssize_t XERIAL_BLOCK = _XERIAL_BLOCK_PY
+cdef Py_ssize_t XERIAL_HEADER_LEN = len(_XERIAL_HEADER)
+cdef object _LZ4_BLOCK_SIZE, _LZ4_CONTENT_CHECKSUM, _LZ4_BLOCK_CHECKSUM, _LZ4_BLOCK_LINKED, _LZ4_STORE_SIZE
+_LZ4_BLOCK_SIZE, _LZ4_CONTENT_CHECKSUM, _LZ4_BLOCK_CHECKSUM, _LZ4_BLOCK_LINKED, _LZ4_STORE_SIZE = _LZ4_FRAME_ARGS
 RECORD_OVERHEAD_MAX = OVERHEAD_MAX
 
 
@@ -145,6 +158,13 @@ cdef inline void _put_be32(char* p, uint32_t v) noexcept nogil:
     p[1] = <char>(v >> 16)
     p[2] = <char>(v >> 8)
     p[3] = <char>v
+
+
+cdef inline void _put_le32(char* p, uint32_t v) noexcept nogil:
+    p[0] = <char>v
+    p[1] = <char>(v >> 8)
+    p[2] = <char>(v >> 16)
+    p[3] = <char>(v >> 24)
 
 
 cdef inline void _put_be16(char* p, uint32_t v) noexcept nogil:
@@ -390,10 +410,19 @@ cdef class RecordBatchBuilder:
     # The fields are declared in codec.pxd, so that appender.pyx can read _len.
 
     def __init__(self, compression="none", batch_size=16384, compression_level=None):
-        # "none" (the default, and the common case) without a call into compression.codec_id.
-        self._codec = 0 if compression == "none" else codec_id(compression)
+        # One per batch: the codec name by a dict lookup in C, not a call into compression.codec_id (which
+        # is still what names a bad value).
+        cdef object cid = _CODEC_IDS.get(compression) if type(compression) is str else None
+        self._codec = codec_id(compression) if cid is None else <int>cid
         self._batch_size = _ssize(batch_size)
         self._level = None if compression_level is None else int(compression_level)
+        # What build() compresses with, resolved once per batch rather than per build.
+        if self._codec == CODEC_LZ4:
+            self._compressor = 0 if self._level is None else self._level  # lz4.frame's compression_level
+        elif self._codec == CODEC_ZSTD:
+            self._compressor = zstd_compressor(self._level)
+        else:
+            self._compressor = None
         # Room for a full batch up front, so a batch of small records never reallocates.
         cdef Py_ssize_t cap = self._batch_size + 256
         if cap < 1024:
@@ -559,16 +588,19 @@ cdef class RecordBatchBuilder:
                 out = self._data
                 self._published = True
             p = PyBytes_AS_STRING(out)
+        elif self._payload_count != self._count:
+            out = self._compressed_batch()
+            self._payload = out
+            self._payload_count = self._count
+            size = PyBytes_GET_SIZE(out)
+            p = PyBytes_AS_STRING(out)
         else:
-            if self._payload_count != self._count:
-                self._payload = compress(
-                    self._codec, PyBytes_FromStringAndSize(self._buf + HEADER_SIZE, self._len - HEADER_SIZE),
-                    self._level)
-                self._payload_count = self._count
-            size = HEADER_SIZE + PyBytes_GET_SIZE(self._payload)
+            # A rebuild with other arguments (a retry under a new sequence or epoch): the compressed records
+            # of the last build, under a new header. The bytes handed out before must not change.
+            size = PyBytes_GET_SIZE(self._payload)
             out = PyBytes_FromStringAndSize(NULL, size)
             p = PyBytes_AS_STRING(out)
-            memcpy(p + HEADER_SIZE, PyBytes_AS_STRING(self._payload), size - HEADER_SIZE)
+            memcpy(p + HEADER_SIZE, PyBytes_AS_STRING(self._payload) + HEADER_SIZE, size - HEADER_SIZE)
         # ``out`` is new or our private buffer, seen by no one else yet, so writing into it is safe.
         _put_be64(p, <uint64_t>offset)
         _put_be32(p + 8, <uint32_t>(size - LOG_OVERHEAD))
@@ -594,6 +626,49 @@ cdef class RecordBatchBuilder:
         self._b_epoch = epoch
         self._b_seq = seq
         self._b_txn = txn
+        return out
+
+
+    cdef object _compressed_batch(self):
+        """A new bytes object: 61 bytes for the header (left for build() to write), then the records
+        compressed as aiokprod.compression.compress(self._codec, records, self._level) would, byte for
+        byte. The compressor reads the records in place (no copy of them); a batch that fits one xerial
+        chunk (the common case) is framed here, straight into the result."""
+        cdef Py_ssize_t n = self._len - HEADER_SIZE, size
+        cdef char* p
+        cdef Py_buffer pv
+        # A view straight onto our buffer. It borrows the memory without holding _data, so it is released
+        # before we return: a compressor that kept it could not read freed memory later.
+        view = PyMemoryView_FromMemory(self._buf + HEADER_SIZE, n, PyBUF_READ)
+        try:
+            if self._codec == CODEC_LZ4:
+                # compression.compress's call, with the level resolved at __init__, arguments positional.
+                payload = _lz4_frame_compress(view, self._compressor, _LZ4_BLOCK_SIZE, _LZ4_CONTENT_CHECKSUM,
+                                              _LZ4_BLOCK_CHECKSUM, _LZ4_BLOCK_LINKED, _LZ4_STORE_SIZE)
+            elif self._codec == CODEC_SNAPPY and n <= XERIAL_BLOCK:
+                # xerial: header | int32 BE chunk size | raw snappy chunk (see compression._xerial_frame).
+                chunk = _snappy_compress_raw(view)
+                PyObject_GetBuffer(chunk, &pv, PyBUF_SIMPLE)
+                try:
+                    out = PyBytes_FromStringAndSize(NULL, HEADER_SIZE + XERIAL_HEADER_LEN + 4 + pv.len)
+                    p = PyBytes_AS_STRING(out) + HEADER_SIZE
+                    memcpy(p, PyBytes_AS_STRING(_XERIAL_HEADER), XERIAL_HEADER_LEN)
+                    _put_be32(p + XERIAL_HEADER_LEN, <uint32_t>pv.len)
+                    memcpy(p + XERIAL_HEADER_LEN + 4, pv.buf, pv.len)
+                finally:
+                    PyBuffer_Release(&pv)
+                return out
+            elif self._codec == CODEC_ZSTD:
+                payload = self._compressor.compress(view)
+            else:
+                payload = compress(self._codec, view, self._level)
+        finally:
+            view.release()
+        if not PyBytes_CheckExact(payload):  # each compressor returns bytes; anything else is copied once
+            payload = bytes(payload)
+        size = HEADER_SIZE + PyBytes_GET_SIZE(payload)
+        out = PyBytes_FromStringAndSize(NULL, size)
+        memcpy(PyBytes_AS_STRING(out) + HEADER_SIZE, PyBytes_AS_STRING(payload), size - HEADER_SIZE)
         return out
 
 
