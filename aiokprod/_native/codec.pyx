@@ -18,7 +18,8 @@ from cpython.bytes cimport (
 from cpython.long cimport PyLong_Check
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.dict cimport PyDict_GetItem
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_REFCNT
 from cpython.number cimport PyNumber_Index
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_CheckExact
 from libc.stdint cimport int16_t, int32_t, int64_t, uint16_t, uint32_t, uint64_t, INT32_MAX
@@ -399,6 +400,46 @@ def record_size_upper_bound(key, value, headers):
     return size
 
 
+# Buffers of finished builders, for the next ones (a producer opens a batch, of the same batch_size, every
+# ~16 KiB of records): a pop instead of a malloc of ~16 KiB and its free, and no fresh heap pages for the
+# records to fault in. Only buffers nobody else can see come here (see __dealloc__); at most FREE_BUFFERS,
+# so an idle process keeps at most that many batch buffers.
+cdef enum:
+    FREE_BUFFERS = 8
+cdef PyObject* _free_buffers[FREE_BUFFERS]
+cdef int _n_free = 0
+
+
+cdef object _take_buffer(Py_ssize_t cap):
+    """A bytes object of ``cap`` bytes that we alone hold (contents undefined)."""
+    global _n_free
+    cdef object buf
+    while _n_free:
+        _n_free -= 1
+        buf = <object>_free_buffers[_n_free]   # a new reference...
+        Py_DECREF(buf)                         # ...and the list's, released: ``buf`` is the only one now
+        if PyBytes_GET_SIZE(buf) == cap:
+            return buf
+    return PyBytes_FromStringAndSize(NULL, cap)
+
+
+cdef void _give_buffer(object buf) noexcept:
+    global _n_free
+    if _n_free < FREE_BUFFERS:
+        Py_INCREF(buf)
+        _free_buffers[_n_free] = <PyObject*>buf
+        _n_free += 1
+
+
+cdef dict _CODEC_IDS_C = _CODEC_IDS
+cdef object _zstd_default = None  # zstd_compressor(None), looked up once
+
+
+cdef void _set_zstd_default() except *:
+    global _zstd_default
+    _zstd_default = zstd_compressor(None)
+
+
 @cython.final
 cdef class RecordBatchBuilder:
     """Accumulates records of one magic-2 batch; :meth:`build` freezes it with the producer's fields."""
@@ -412,15 +453,20 @@ cdef class RecordBatchBuilder:
     def __init__(self, compression="none", batch_size=16384, compression_level=None):
         # One per batch: the codec name by a dict lookup in C, not a call into compression.codec_id (which
         # is still what names a bad value).
-        cdef object cid = _CODEC_IDS.get(compression) if type(compression) is str else None
-        self._codec = codec_id(compression) if cid is None else <int>cid
+        cdef PyObject* cid = PyDict_GetItem(_CODEC_IDS_C, compression) if type(compression) is str else NULL
+        self._codec = codec_id(compression) if cid is NULL else <int><object>cid
         self._batch_size = _ssize(batch_size)
         self._level = None if compression_level is None else int(compression_level)
         # What build() compresses with, resolved once per batch rather than per build.
         if self._codec == CODEC_LZ4:
             self._compressor = 0 if self._level is None else self._level  # lz4.frame's compression_level
         elif self._codec == CODEC_ZSTD:
-            self._compressor = zstd_compressor(self._level)
+            if self._level is None:
+                if _zstd_default is None:
+                    _set_zstd_default()
+                self._compressor = _zstd_default
+            else:
+                self._compressor = zstd_compressor(self._level)
         else:
             self._compressor = None
         # Room for a full batch up front, so a batch of small records never reallocates.
@@ -429,7 +475,7 @@ cdef class RecordBatchBuilder:
             cap = 1024
         elif cap > (1 << 20):
             cap = 1 << 20
-        self._data = PyBytes_FromStringAndSize(NULL, cap)
+        self._data = _take_buffer(cap)
         self._buf = PyBytes_AS_STRING(self._data)
         self._cap = cap
         self._published = False
@@ -440,6 +486,12 @@ cdef class RecordBatchBuilder:
         self._payload = None
         self._payload_count = -1
         self._built = None
+
+    def __dealloc__(self):
+        # A buffer never handed out and referenced by nobody else (every compressed batch's: build() hands
+        # out a new object holding the compressed records) goes back to the free list for the next batch.
+        if self._data is not None and not self._published and Py_REFCNT(self._data) == 1:
+            _give_buffer(self._data)
 
     cdef int _grow(self, Py_ssize_t needed) except -1:
         """Make room for ``needed`` bytes in a buffer we alone own."""
