@@ -5,10 +5,11 @@
 needs no await. Done as Python it is ~1.4 us/record, nearly all of it attribute lookups, dict lookups and
 calls (producer state, serializers, metadata, partitioner, size bound, clock, accumulator queue, batch,
 builder, completion, partitioner again). :meth:`RecordAppender.append` does that work here, from C fields,
-and returns the record's delivery handle; or returns None, having changed NOTHING, whenever anything is
-out of the ordinary, and ``send()`` goes on with its general (slow) path, which raises the right errors and
-awaits what must be awaited. So the fast path never has to reproduce an error or a wait: only the outcome
-of the slow path when that outcome is "appended to the open batch".
+and returns the record's delivery handle; or returns None, having changed NOTHING (but for marking a full
+batch refused, see the end), whenever anything is out of the ordinary, and ``send()`` goes on with its
+general (slow) path, which raises the right errors and awaits what must be awaited. So the fast path never
+has to reproduce an error or a wait: only the outcome of the slow path when that outcome is "appended to the
+open batch".
 
 What the fast path needs, kept per topic in a :class:`_Topic`:
 
@@ -33,6 +34,15 @@ the error that names it.
 Memory: a record appended to an open batch needs no ``buffer_memory`` (the batch reserved its buffer when it
 was made), exactly as ``RecordAccumulator.try_append``; and while senders are queued for memory nothing is
 appended, so nobody overtakes them.
+
+``producer.send`` and ``producer.send_and_wait`` ARE :meth:`RecordAppender.send` and
+:meth:`RecordAppender.send_and_wait` (bound by ``Producer._init_parts``): the fast path, then a freelisted
+:class:`_Ready` that ``await`` completes without a yield (send) or that awaits the handle (send_and_wait). A
+coroutine and its frame per record were a quarter of fire-and-forget's CPU. What the fast path declines,
+they hand to the general path, ``Producer.send``/``send_and_wait`` themselves, and return its coroutine. So
+the common case appends when send() is called, the general path when its coroutine runs: a record that the
+open batch refused (full) marks it refused, and no later record goes into it by the fast path before the
+general path has closed it, so records keep the order of the calls.
 """
 cimport cython
 

@@ -3,8 +3,10 @@
 Same names, signatures and results as the compiled twin; read its module docstring for the design: the
 per-topic partition count, sticky state (the one copy, shared with ``DefaultPartitioner``) and open batches
 (maintained by ``RecordAccumulator``), and the rule that :meth:`RecordAppender.append` either appends to the
-open batch and returns the handle, or returns None having changed nothing. ``tests/test_appender.py`` runs
-both twins through the same tests and against ``send()``'s general path.
+open batch and returns the handle, or returns None having changed nothing (but for marking a full batch
+refused); and the send entries that ARE ``producer.send``/``send_and_wait``. ``tests/test_appender.py`` runs
+both twins through the same tests and against ``send()``'s general path; ``tests/test_send_entry.py`` the
+send entries.
 """
 from __future__ import annotations
 
