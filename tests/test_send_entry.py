@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import sys
 import warnings
 
 import pytest
@@ -20,6 +21,7 @@ from aiokprod import producer as producer_module
 from aiokprod.handle import DeliveryHandle
 from aiokprod.metadata import RecordMetadata
 from helpers import read_back_async
+from starlette.background import BackgroundTask  # fastapi's, in the test extra
 
 TWINS = [
     "python",
@@ -68,6 +70,13 @@ async def test_the_entries_are_the_appenders_and_a_subclass_keeps_its_own(twin):
     assert producer.send.__self__ is producer._appender and producer.send.__name__ == "send"
     assert producer.send_and_wait.__self__ is producer._appender
     assert Producer.send.__qualname__ == "Producer.send"  # the class keeps its typed, documented methods
+    # Code that dispatches on "is it a coroutine function" (Starlette's BackgroundTasks: else it calls it in a
+    # worker thread) still sees one: asyncio's test on every version, inspect's from 3.12.
+    for entry in (producer.send, producer.send_and_wait):
+        assert asyncio.iscoroutinefunction(entry)
+        if sys.version_info >= (3, 12):
+            assert inspect.iscoroutinefunction(entry)
+        assert BackgroundTask(entry, "t", b"v").is_async  # Starlette awaits it on the loop
 
     class Mine(Producer):
         async def send(self, *args, **kwargs):

@@ -59,6 +59,8 @@ from cpython.sequence cimport PySequence_GetItem
 from cpython.unicode cimport PyUnicode_CheckExact
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
+import asyncio
+import inspect
 import random
 from collections.abc import Coroutine as _Coroutine
 from time import time as _time
@@ -315,6 +317,9 @@ cdef class RecordAppender:
         self._general_send = send
         self._general_send_and_wait = send_and_wait
 
+    # binding: a Cython function object (with a __dict__), so that it can carry the coroutine-function marks
+    # (see _mark_coroutine_function); its bound method is called as directly (vectorcall) as a builtin one.
+    @cython.binding(True)
     def send(self, topic, value=None, key=None, partition=None, timestamp_ms=None, headers=None):
         """``Producer.send`` of a started producer: the fast path, then an awaitable that returns the handle
         at once (no coroutine, no frame: see _Ready); the general path's coroutine if the fast path declines.
@@ -331,6 +336,7 @@ cdef class RecordAppender:
         ready._handle = handle
         return ready
 
+    @cython.binding(True)
     def send_and_wait(self, topic, value=None, key=None, partition=None, timestamp_ms=None, headers=None):
         """``Producer.send_and_wait`` of a started producer: as :meth:`send`, but the awaitable waits for the
         record's delivery and returns its ``RecordMetadata`` (it awaits the handle)."""
@@ -604,5 +610,21 @@ cdef extern from *:
     int aiokprod_install_ready_am_send(type cls, aiokprod_ready_step_t step) except -1
 
 
+def _mark_coroutine_function(function):
+    """Mark ``function`` (a send entry: it returns a coroutine without being ``async def``) as a coroutine
+    function for code that dispatches on that (Starlette's BackgroundTasks, for one, would otherwise call
+    ``producer.send`` in a worker thread): ``asyncio.iscoroutinefunction`` on every version, and
+    ``inspect.iscoroutinefunction`` from 3.12 (``inspect.markcoroutinefunction``). A bound method passes its
+    function's attributes on, so ``producer.send`` carries the marks. (Same as the Python twin's.)"""
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        mark(function)
+    marker = getattr(asyncio.coroutines, "_is_coroutine", None)  # what asyncio.iscoroutinefunction looks for
+    if marker is not None:
+        function._is_coroutine = marker
+
+
 aiokprod_install_ready_am_send(_Ready, <aiokprod_ready_step_t>_ready_step)
 _Coroutine.register(_Ready)
+_mark_coroutine_function(RecordAppender.send)
+_mark_coroutine_function(RecordAppender.send_and_wait)

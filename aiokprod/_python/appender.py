@@ -10,6 +10,8 @@ send entries.
 """
 from __future__ import annotations
 
+import asyncio
+import inspect
 import random
 import warnings
 from collections.abc import Callable, Coroutine, Generator, Sequence
@@ -269,6 +271,20 @@ class RecordAppender:
         return None if slot is None else slot.batch
 
 
+def _mark_coroutine_function(function: Callable[..., Any]) -> None:
+    """Mark ``function`` (the send entries, which return coroutines without being ``async def``) as a
+    coroutine function for those who dispatch on it (Starlette's BackgroundTasks, for one, would otherwise
+    call ``producer.send`` in a worker thread): ``asyncio.iscoroutinefunction`` on every version, and
+    ``inspect.iscoroutinefunction`` from 3.12 (``inspect.markcoroutinefunction``). Bound methods pass the
+    function's attributes on, so ``producer.send`` carries the marks. (Same as the compiled twin's.)"""
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        mark(function)
+    marker = getattr(asyncio.coroutines, "_is_coroutine", None)  # what asyncio.iscoroutinefunction looks for
+    if marker is not None:
+        function._is_coroutine = marker  # type: ignore[attr-defined]
+
+
 def _general(path: Callable[..., Coroutine[Any, Any, _T]] | None, *args: Any) -> Coroutine[Any, Any, _T]:
     if path is None:
         raise RuntimeError("RecordAppender.send()/send_and_wait() before set_general_path()")
@@ -354,3 +370,7 @@ class _Ready(Coroutine[Any, Any, Any]):
         self._started = True
         self._handle = None
         self._inner = None
+
+
+_mark_coroutine_function(RecordAppender.send)
+_mark_coroutine_function(RecordAppender.send_and_wait)
