@@ -494,6 +494,7 @@ class Sender:
                 queues = queues[start:] + queues[:start]
         batches: list[ProducerBatch] = []
         topics: dict[str, list[tuple[int, Optional[bytes]]]] = {}
+        wire_bytes = 0  # of the request's batches, for on_request_sent
         for queue in queues:
             batch = head(queue)
             builder = batch.builder
@@ -505,7 +506,9 @@ class Sender:
                 payload = batch.freeze(*on_drain(batch, len(builder)))
             else:
                 payload = batch.freeze(-1, -1, -1, False)
-            budget -= len(payload)
+            size = len(payload)
+            budget -= size
+            wire_bytes += size
             drain_head(queue, node)
             if batch.deadline < self._in_flight_floor:
                 self._in_flight_floor = batch.deadline
@@ -518,8 +521,7 @@ class Sender:
             parts.append((batch.partition, payload))
             if drained_hooks:
                 for fn in drained_hooks:
-                    fn(batch.topic, batch.partition, batch.record_count, builder.size_in_bytes, len(payload),
-                       attempts)
+                    fn(batch.topic, batch.partition, batch.record_count, builder.size_in_bytes, size, attempts)
         if not batches:
             return
         correlation_id = connection.next_correlation_id()
@@ -529,9 +531,9 @@ class Sender:
         future = connection.send_frame(buffers, correlation_id, ProduceRequest.API_KEY, version,
                                        response_class=self._produce_response)
         if self.hooks.on_request_sent:
+            records = sum([b.record_count for b in batches])
             for fn in self.hooks.on_request_sent:
-                fn(node, len(batches), sum(b.record_count for b in batches),
-                   sum(len(cast(bytes, b.payload)) for b in batches))
+                fn(node, len(batches), records, wire_bytes)
         sent_at = time.monotonic()
         future.add_done_callback(lambda f: self._on_response(f, batches, sent_at, node))
 
