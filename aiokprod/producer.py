@@ -5,8 +5,10 @@ handle (awaitable, resolving to ``RecordMetadata``). It awaits only when it must
 it has not seen, or for room in ``buffer_memory``. The sender task does everything else.
 
 The common case (running, no interceptors or serializers, metadata cached, room in the partition's open
-batch) is one call into compiled code, ``RecordAppender.append`` (``aiokprod/_native/appender.pyx``); it
-returns None, having done nothing, for everything else, which the rest of ``send()`` handles.
+batch) is one call into compiled code: ``producer.send`` IS ``RecordAppender.send``
+(``aiokprod/_native/appender.pyx``), which appends and returns an awaitable that gives the handle at once (no
+coroutine, no frame); for everything else it did nothing and returns the coroutine of ``Producer.send``, the
+general path.
 """
 from __future__ import annotations
 
@@ -96,6 +98,16 @@ class Producer:
         self._appender = RecordAppender(config.batch_size)
         # Typed as it behaves: it takes any arguments and declines (returns None for) what is not plain.
         self._fast_append: Callable[..., Optional[DeliveryHandle]] = self._appender.append
+        # producer.send / producer.send_and_wait ARE the appender's entries (instance attributes, found before
+        # the class's methods): the common case is one compiled call returning an awaitable that completes
+        # at once, with no coroutine and no frame; what the fast path declines, they hand to the methods
+        # below (bound here), whose coroutine they return. A subclass that overrides one keeps its own.
+        general_send, general_send_and_wait = self.send, self.send_and_wait
+        self._appender.set_general_path(general_send, general_send_and_wait)
+        if type(self).send is Producer.send:
+            self.__dict__["send"] = self._appender.send
+        if type(self).send_and_wait is Producer.send_and_wait:
+            self.__dict__["send_and_wait"] = self._appender.send_and_wait
         self._state = State.NEW
         self._stopped: Optional[asyncio.Future[None]] = None
         self._abandon_reported = False
@@ -305,11 +317,17 @@ class Producer:
                    timestamp_ms: Optional[int] = None, headers: Optional[Headers] = None) -> DeliveryHandle:
         """Append a record; return its delivery handle (await it for ``RecordMetadata``).
 
-        The hot path: with the topic's metadata cached and room in the buffer this never yields. The common
-        case is the one compiled call below; what it declines (it then did nothing) goes through the general
-        path after it, which is the reference behaviour: the fast path must give the same partition, order,
-        handle and accounting as this code would. Its checks are ordered so that the common case takes the
-        fewest Python operations; the rare cases branch off to helpers.
+        ``await producer.send(...)`` never yields with the topic's metadata cached and room in the buffer.
+        On a producer, ``send`` is the compiled ``RecordAppender.send`` (see ``_init_parts``): the common case
+        appends the record when send() is CALLED and returns an awaitable that gives the handle at once (a
+        coroutine to asyncio: ``create_task``, ``gather``, ``wait_for`` take it). If it is never awaited, it
+        warns as a coroutine does ("coroutine 'Producer.send' was never awaited"), but unlike a coroutine's
+        its record was appended anyway, and is delivered. What the compiled call declines (it then did
+        nothing) is this method's coroutine, which appends when awaited, as any coroutine.
+
+        This body is the general path, and the reference behaviour: the fast path must give the same
+        partition, order, handle and accounting as this code would. Its checks are ordered so that the common
+        case takes the fewest Python operations; the rare cases branch off to helpers.
         """
         handle = self._fast_append(topic, value, key, partition, timestamp_ms, headers)
         if handle is not None:
@@ -514,6 +532,11 @@ class Producer:
 
     async def send_and_wait(self, topic: str, value: Any = None, key: Any = None, partition: Optional[int] = None,
                             timestamp_ms: Optional[int] = None, headers: Optional[Headers] = None) -> RecordMetadata:
+        """Send a record and wait for its delivery: ``await (await send(...))``, ``RecordMetadata``.
+
+        As ``send``, on a producer this is the compiled ``RecordAppender.send_and_wait``: the common case
+        appends when called and returns an awaitable that waits for the delivery; this method's coroutine is
+        what it returns for the records the fast path declines."""
         # send()'s own first step, inline: the common case then makes one coroutine per record, not two.
         handle = self._fast_append(topic, value, key, partition, timestamp_ms, headers)
         if handle is None:
@@ -559,18 +582,7 @@ class Producer:
                     f"transaction_timeout_ms ({self.config.transaction_timeout_ms}): it cannot commit; abort it"))
         manager.prepare_commit()
         deadline = loop.time() + (self._max_block if timeout is None else timeout)
-        try:
-            await sender.flush(max(deadline - loop.time(), 0.0))
-        except asyncio.TimeoutError:
-            raise errors.KafkaTimeoutError(
-                f"commit_transaction(): records of transaction {manager.transactional_id!r} not delivered in "
-                "time; call commit_transaction() again to go on waiting") from None
-        await sender.transaction_requests_done()
-        if manager.state is not TxnState.COMMITTING:
-            manager.prepare_commit()  # raises the error that ended the commit (abortable or fatal)
-        if manager.needs_end_txn():
-            await self._fatal_guard(driver.end_transaction(True, max(deadline - loop.time(), 0.001)))
-        manager.end_succeeded()
+        await self._end_transaction(True, deadline, loop, sender, driver)
 
     async def abort_transaction(self, timeout: Optional[float] = None) -> None:
         """Abort the transaction: records not yet sent fail with ``TransactionAbortedError``, those in flight
@@ -586,20 +598,33 @@ class Producer:
             + (f" after: {cause}" if cause is not None else ""))
         error.__cause__ = cause
         sender.abort_unsent(error)
-        try:
-            await sender.flush(max(deadline - loop.time(), 0.0))
-        except asyncio.TimeoutError:
-            raise errors.KafkaTimeoutError(
-                f"abort_transaction(): requests of transaction {manager.transactional_id!r} still in flight; "
-                "call abort_transaction() again to go on waiting") from None
-        await sender.transaction_requests_done()
-        if manager.needs_end_txn():
-            await self._fatal_guard(driver.end_transaction(False, max(deadline - loop.time(), 0.001)))
-        manager.end_succeeded()
+        await self._end_transaction(False, deadline, loop, sender, driver)
         if manager.state is TxnState.INITIALIZING:
             # Sequences of the aborted transaction are unknown: bump the epoch (our own id and epoch).
             await self._fatal_guard(driver.init_producer_id(max(deadline - loop.time(), 0.001)))
             accumulator.forget_sequences()
+
+    async def _end_transaction(self, commit: bool, deadline: float, loop: asyncio.AbstractEventLoop,
+                               sender: Sender, driver: TransactionDriver) -> None:
+        """The tail commit and abort share: wait (until ``deadline``) for the transaction's batches and its
+        AddPartitionsToTxn requests, then EndTxn. A timeout leaves the end under way: calling the same method
+        again resumes it, as the KafkaTimeoutError says."""
+        manager = self._manager
+        operation = "commit_transaction" if commit else "abort_transaction"
+        try:
+            await sender.flush(max(deadline - loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            what = "records of transaction {!r} not delivered in time" if commit else \
+                "requests of transaction {!r} still in flight"
+            raise errors.KafkaTimeoutError(
+                f"{operation}(): {what.format(manager.transactional_id)}; call {operation}() again to go on "
+                "waiting") from None
+        await sender.transaction_requests_done()
+        if commit and manager.state is not TxnState.COMMITTING:
+            manager.prepare_commit()  # raises the error that ended the commit (abortable or fatal)
+        if manager.needs_end_txn():
+            await self._fatal_guard(driver.end_transaction(commit, max(deadline - loop.time(), 0.001)))
+        manager.end_succeeded()
 
     async def _fatal_guard(self, request: Awaitable[None]) -> None:
         """Await a coordinator request; if it left the producer fatal (fenced...), nothing more is sent."""
