@@ -49,6 +49,53 @@ def _run_callback(loop: Any, fn: Callable[[Any], Any], context: Any, arg: Any) -
         )
 
 
+class _LateCallbacks:
+    """Callbacks of handles that were already done (or cancelled) when they were added, run from ONE loop
+    callback instead of a ``loop.call_soon`` each (see the compiled twin's ``_LateCallbacks`` for why and
+    for the guarantees kept: added order across handles, own context each, errors to the loop's handler,
+    what is added while the queue runs waits for the next loop iteration)."""
+
+    __slots__ = ("loop", "_items", "_cursor")
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self._items: list[Any] = []  # fn, context, handle, fn, context, handle, ...
+        self._cursor = 0  # where _run() resumes after a SystemExit/KeyboardInterrupt
+
+    def _run(self) -> None:
+        global _late
+        if _late is self:
+            _late = None  # closed: what is added from now on runs on the next loop iteration
+        items = self._items
+        try:
+            while self._cursor < len(items):
+                i = self._cursor
+                self._cursor = i + 3
+                _run_callback(self.loop, items[i], items[i + 1], items[i + 2])
+        except BaseException:
+            self.loop.call_soon(self._run)  # SystemExit/KeyboardInterrupt: the rest on a later loop turn
+            raise
+        self._items = []  # drops the callbacks and their handles
+
+
+# The open queue of late callbacks, or None (one at a time; another loop's callback opens its own).
+_late: _LateCallbacks | None = None
+
+
+def _schedule_late(loop: Any, fn: Callable[[Any], Any], context: Any, handle: Any) -> None:
+    """Have ``fn(handle)`` called from the loop soon, in ``context``, after the late callbacks before it."""
+    global _late
+    late = _late
+    if late is None or late.loop is not loop:
+        late = _LateCallbacks(loop)
+        loop.call_soon(late._run)  # raises for a closed loop: then nothing was queued
+        _late = late
+    items = late._items
+    items.append(fn)
+    items.append(context)
+    items.append(handle)
+
+
 def _report_unretrieved(loop: Any, topic: str, partition: int, count: int, exc: BaseException) -> None:
     """Say once that a failed batch's error was never retrieved (from a finalizer: must not raise)."""
     message = ("%d record(s) for %s-%s failed and the error was never retrieved (await a handle, call its "
@@ -298,8 +345,8 @@ class DeliveryHandle:
         return self._cancelled
 
     def cancel(self, msg: Any = None) -> bool:
-        """Detach this awaiter: the handle turns cancelled and its callbacks are scheduled (one call_soon
-        each, like asyncio.Future.cancel). The record itself is still delivered."""
+        """Detach this awaiter: the handle turns cancelled and its callbacks are scheduled (like
+        asyncio.Future.cancel; through the queue of late callbacks). The record itself is still delivered."""
         if self._cancelled or self._completion._state == _DONE:
             return False
         self._cancelled = True
@@ -309,10 +356,10 @@ class DeliveryHandle:
             loop = self._completion.loop
             context, more = self._ctx0, self._more
             self._cb0 = self._ctx0 = self._more = None
-            loop.call_soon(fn, self, context=context)
+            _schedule_late(loop, fn, context, self)
             if more is not None:
                 for fn, context in more:
-                    loop.call_soon(fn, self, context=context)
+                    _schedule_late(loop, fn, context, self)
         return True
 
     def _fire(self, loop: Any) -> None:
@@ -335,7 +382,7 @@ class DeliveryHandle:
                 while i < len(more):
                     fn, context = more[i]
                     i += 1
-                    loop.call_soon(fn, self, context=context)
+                    _schedule_late(loop, fn, context, self)
             raise
 
     def add_done_callback(self, fn: Callable[[DeliveryHandle], Any], *, context: Any = None) -> None:
@@ -343,7 +390,7 @@ class DeliveryHandle:
         if context is None:
             context = _copy_context()
         if self._cancelled or self._completion._state == _DONE:
-            self._completion.loop.call_soon(fn, self, context=context)
+            _schedule_late(self._completion.loop, fn, context, self)
             return
         if self._cb0 is None:
             self._cb0 = fn
