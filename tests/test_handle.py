@@ -568,6 +568,17 @@ async def test_cancel_schedules_callbacks_through_the_late_queue(hm):
     assert ran == [(2, True), (1, True), ("second", 1), (0, False)]
 
 
+async def test_result_twice_gives_the_same_object(hm):
+    """A Task's wakeup calls result() and then its await does: the second call builds nothing new."""
+    completion, handles = _batch(hm, asyncio.get_running_loop(), n=2)
+    completion.resolve(5)
+    await _turn()
+    first = handles[1].result()
+    assert handles[1].result() is first
+    assert handles[0].result() == RecordMetadata("t", 2, 5, 1000)
+    assert handles[1].result() == first == RecordMetadata("t", 2, 6, 1001)
+
+
 async def test_remove_done_callback(hm):
     completion, (h,) = _batch(hm, asyncio.get_running_loop(), n=1)
     ran = []

@@ -256,6 +256,11 @@ cdef class BatchCompletion:
     cdef Py_ssize_t _waiter_cursor
     # True from fail() until someone sees the error (see the module docstring): logged at finalization.
     cdef public bint log_unretrieved
+    # The last RecordMetadata built, and its index: a Task awaiting a handle calls result() twice (its
+    # wakeup calls it to see whether the handle failed, then the coroutine's await takes the value), so
+    # the second call returns the same object instead of building another (as asyncio.Future does).
+    cdef Py_ssize_t _last_index
+    cdef object _last_metadata
 
     def __cinit__(self, loop, str topic, partition):
         self.loop = loop
@@ -268,6 +273,7 @@ cdef class BatchCompletion:
         self._base_offset = -1
         self._log_append_time = -1
         self._last_waiter_index = -1
+        self._last_index = -1
 
     def __del__(self):
         if self.log_unretrieved and self._exc is not None:
@@ -356,6 +362,8 @@ cdef class BatchCompletion:
     cdef object _metadata(self, Py_ssize_t index):
         cdef int64_t offset = -1
         cdef int64_t timestamp = self._log_append_time
+        if index == self._last_index:
+            return self._last_metadata
         if self._base_offset != -1:  # -1: acks=0, the broker told us no offset
             offset = self._base_offset + index
         if timestamp == -1:  # -1: CreateTime topic, the record keeps its own timestamp
@@ -367,6 +375,8 @@ cdef class BatchCompletion:
             # A str and ints in an immutable tuple with no __dict__: it can be on no reference cycle, but
             # the collector only untracks exact tuples by itself, and gathering N handles keeps N of these.
             PyObject_GC_UnTrack(metadata)
+        self._last_metadata = metadata
+        self._last_index = index
         return metadata
 
     def add_batch_callback(self, fn):
@@ -450,7 +460,7 @@ cdef class BatchCompletion:
                 while self._waiter_cursor < len(waiters):
                     handle = <DeliveryHandle>waiters[self._waiter_cursor]
                     self._waiter_cursor += 1
-                    handle._fire(loop)
+                    _handle_fire(handle, loop)
                 # Drops the completion -> handle references (the only cycle this design has).
                 self._waiters = None
         except BaseException:
@@ -477,20 +487,22 @@ cdef class DeliveryHandle:
     cancelling drops the callbacks and the tracking with them.
     """
 
+    # 64 bytes (80 with the collector's header, one pymalloc size class): await-each keeps one per record
+    # alive until gather() returns, so every field counts. Flags are single bytes; the cancel message
+    # reuses _ctx0, which a cancelled handle no longer needs (its callbacks were scheduled by cancel(),
+    # and later ones go straight to the loop).
     cdef BatchCompletion _completion
     cdef Py_ssize_t _index
-    # asyncio's protocol flag: __await__ sets it before yielding the handle, the Task checks it and resets
-    # it. A C field (the class attribute is its descriptor; hasattr(cls, ...) holds, so isfuture() is
-    # True) because a per-instance __dict__ would cost every handle.
-    cdef public bint _asyncio_future_blocking
-    cdef bint _cancelled
-    cdef bint _registered
+    # asyncio's protocol flag (property _asyncio_future_blocking below): __await__ sets it before yielding
+    # the handle, the Task checks it and resets it.
+    cdef unsigned char _blocking
+    cdef unsigned char _cancelled
+    cdef unsigned char _registered
     # The first callback lives in two fields (the common case: one awaiting Task or one gather), the
-    # rest in a list of (fn, context). _cb0 is always the oldest.
+    # rest in a list of (fn, context). _cb0 is always the oldest. Cancelled: _ctx0 is the cancel message.
     cdef object _cb0
     cdef object _ctx0
     cdef list _more
-    cdef readonly object _cancel_message
 
     def __init__(self, BatchCompletion completion, Py_ssize_t index):
         # Only for symmetry with the Python twin: BatchCompletion.add() makes handles without __init__.
@@ -498,8 +510,23 @@ cdef class DeliveryHandle:
             raise IndexError("record index out of range")
         self._completion = completion
         self._index = index
-        if self._cb0 is None and self._cancel_message is None:
+        if self._cb0 is None and self._ctx0 is None:
             _untrack(self)
+
+    @property
+    def _asyncio_future_blocking(self):
+        # A C field behind a descriptor (hasattr(cls, ...) holds, so isfuture() is True): a per-instance
+        # __dict__ would cost every handle.
+        return <bint>self._blocking
+
+    @_asyncio_future_blocking.setter
+    def _asyncio_future_blocking(self, value):
+        self._blocking = bool(value)
+
+    @property
+    def _cancel_message(self):
+        # What cancel(msg) was given (asyncio.gather reads it for the CancelledError it builds).
+        return self._ctx0 if self._cancelled else None
 
     def __repr__(self):
         cdef BatchCompletion c = self._completion
@@ -530,59 +557,11 @@ cdef class DeliveryHandle:
         if self._cancelled or self._completion._state == _DONE:
             return False
         self._cancelled = True
-        self._cancel_message = msg
+        _handle_schedule_callbacks(self)  # empties _cb0/_ctx0/_more and untracks
         if msg is not None:
+            self._ctx0 = msg  # _cancel_message
             _track(self)  # the message may lead back here
-        self._schedule_callbacks()
         return True
-
-    cdef int _schedule_callbacks(self) except -1:
-        cdef object loop = self._completion.loop
-        cdef object fn = self._cb0
-        cdef list more = self._more
-        cdef object context
-        if fn is None:
-            return 0
-        context = self._ctx0
-        self._cb0 = self._ctx0 = self._more = None
-        if self._cancel_message is None:
-            _untrack(self)
-        _schedule_late(loop, fn, context, self)
-        if more is not None:
-            for fn, context in more:
-                _schedule_late(loop, fn, context, self)
-        return 0
-
-    cdef int _fire(self, object loop) except -1:
-        """Run this handle's callbacks now (from the batch's loop callback)."""
-        cdef object fn = self._cb0
-        cdef object context
-        cdef list more
-        cdef Py_ssize_t i = 0
-        if fn is None:  # no callbacks left, or cancelled (its callbacks were scheduled by cancel())
-            return 0
-        context = self._ctx0
-        more = self._more
-        # Detach first: a callback that calls remove_done_callback()/add_done_callback() on this handle
-        # sees a done handle with no pending callbacks, as with asyncio.Future.
-        self._cb0 = self._ctx0 = self._more = None
-        _untrack(self)  # not cancelled (then _cb0 would be None): no message either
-        try:
-            _run_callback(loop, fn, context, self)
-            if more is not None:
-                while i < len(more):
-                    fn, context = more[i]
-                    i += 1
-                    _run_callback(loop, fn, context, self)
-        except BaseException:
-            # SystemExit/KeyboardInterrupt: schedule this handle's remaining callbacks before leaving.
-            if more is not None:
-                while i < len(more):
-                    fn, context = more[i]
-                    i += 1
-                    _schedule_late(loop, fn, context, self)
-            raise
-        return 0
 
     def add_done_callback(self, fn, *, context=None):
         """Call ``fn(handle)`` when the handle is done, in ``context`` (default: a copy of the current
@@ -625,7 +604,8 @@ cdef class DeliveryHandle:
 
     def _make_cancelled_error(self):
         # asyncio.gather() calls this on a cancelled child; same message convention as asyncio.Future.
-        return CancelledError("" if self._cancel_message is None else self._cancel_message)
+        cdef object msg = self._ctx0 if self._cancelled else None
+        return CancelledError("" if msg is None else msg)
 
     def result(self):
         """The record's RecordMetadata; raises the delivery error, CancelledError if this handle was
@@ -662,6 +642,57 @@ cdef class DeliveryHandle:
     def __iter__(self):
         # ``yield from handle`` in old-style generator coroutines, as asyncio.Future allows.
         return self.__await__()
+
+
+cdef int _handle_schedule_callbacks(DeliveryHandle self) except -1:
+    """cancel(): hand the handle's callbacks to the loop (module-level, as _handle_fire: a cdef method
+    would give every handle a vtable pointer)."""
+    cdef object loop = self._completion.loop
+    cdef object fn = self._cb0
+    cdef list more = self._more
+    cdef object context
+    if fn is None:
+        return 0
+    context = self._ctx0
+    self._cb0 = self._ctx0 = self._more = None
+    _untrack(self)
+    _schedule_late(loop, fn, context, self)
+    if more is not None:
+        for fn, context in more:
+            _schedule_late(loop, fn, context, self)
+    return 0
+
+
+cdef int _handle_fire(DeliveryHandle self, object loop) except -1:
+    """Run this handle's callbacks now (from the batch's loop callback)."""
+    cdef object fn = self._cb0
+    cdef object context
+    cdef list more
+    cdef Py_ssize_t i = 0
+    if fn is None:  # no callbacks left, or cancelled (its callbacks were scheduled by cancel())
+        return 0
+    context = self._ctx0
+    more = self._more
+    # Detach first: a callback that calls remove_done_callback()/add_done_callback() on this handle
+    # sees a done handle with no pending callbacks, as with asyncio.Future.
+    self._cb0 = self._ctx0 = self._more = None
+    _untrack(self)  # not cancelled (then _cb0 would be None): no message either
+    try:
+        _run_callback(loop, fn, context, self)
+        if more is not None:
+            while i < len(more):
+                fn, context = more[i]
+                i += 1
+                _run_callback(loop, fn, context, self)
+    except BaseException:
+        # SystemExit/KeyboardInterrupt: schedule this handle's remaining callbacks before leaving.
+        if more is not None:
+            while i < len(more):
+                fn, context = more[i]
+                i += 1
+                _schedule_late(loop, fn, context, self)
+        raise
+    return 0
 
 
 cdef inline int _track(DeliveryHandle handle) except -1:
@@ -744,7 +775,7 @@ cdef int _await_step(_HandleAwait self, PyObject** out) except -1:
     elif not (handle._cancelled or handle._completion._state == _DONE):
         if not self._yielded:
             self._yielded = True
-            handle._asyncio_future_blocking = True
+            handle._blocking = True
             Py_INCREF(handle)
             out[0] = <PyObject*>handle
             return 0

@@ -126,6 +126,8 @@ class BatchCompletion:
         "_batch_cursor",
         "_waiter_cursor",
         "log_unretrieved",
+        "_last_index",
+        "_last_metadata",
     )
 
     def __init__(self, loop: Any, topic: str, partition: int) -> None:
@@ -148,6 +150,9 @@ class BatchCompletion:
         self._waiter_cursor = 0
         # True from fail() until someone sees the error: logged when the completion is finalized.
         self.log_unretrieved = False
+        # The last RecordMetadata built and its index (a Task's wakeup and its await both call result()).
+        self._last_index = -1
+        self._last_metadata: Optional[RecordMetadata] = None
 
     def __del__(self) -> None:
         if self.log_unretrieved and self._exc is not None:
@@ -214,13 +219,19 @@ class BatchCompletion:
         return self._metadata(index)
 
     def _metadata(self, index: int) -> RecordMetadata:
+        last = self._last_metadata
+        if index == self._last_index and last is not None:  # a Task's wakeup, then its await: one object
+            return last
         base = self._base_offset
         timestamp = self._log_append_time
         if timestamp == -1:  # CreateTime topic: the record keeps its own timestamp
             timestamp = self._timestamps[index]
         # base -1: acks=0, the broker told us no offset
-        return _tuple_new(RecordMetadata, (self.topic, self.partition, -1 if base == -1 else base + index,
-                                           timestamp))
+        metadata: RecordMetadata = _tuple_new(
+            RecordMetadata, (self.topic, self.partition, -1 if base == -1 else base + index, timestamp))
+        self._last_metadata = metadata
+        self._last_index = index
+        return metadata
 
     def add_batch_callback(self, fn: Callable[[BatchCompletion], Any]) -> None:
         """Call ``fn(completion)`` once, from the batch's loop callback, before the handles' callbacks.
