@@ -456,15 +456,16 @@ async def test_callbacks_added_to_done_handles_share_one_loop_callback(hm):
     b = [second.add(i) for i in range(3)]
     first.resolve(0)
     second.resolve(10)
+    assert len(counting.scheduled) == 1  # batches settled in one loop iteration: one loop callback
     await _turn()
-    assert len(counting.scheduled) == 2  # one per batch
+    assert first.done and second.done
     ran = []
     for h in (b[2], a[0], b[0], a[2], a[0]):
         h.add_done_callback(lambda fut: ran.append((fut.completion.partition, fut.index)))
-    assert ran == [] and len(counting.scheduled) == 3  # one loop callback for the five
+    assert ran == [] and len(counting.scheduled) == 2  # one loop callback for the five
     await _turn()
     assert ran == [(1, 2), (0, 0), (1, 0), (0, 2), (0, 0)]
-    assert len(counting.scheduled) == 3
+    assert len(counting.scheduled) == 2
 
 
 async def test_late_callbacks_keep_context_errors_and_loop_turns(hm):

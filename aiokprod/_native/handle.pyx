@@ -13,7 +13,8 @@ index; it is never stored per handle.
 Life of a batch::
 
     add() x N          state PENDING    handles not done; add_done_callback() queues on the handle
-    resolve() / fail() state SETTLED    outcome stored, ONE loop.call_soon(self._run) scheduled
+    resolve() / fail() state SETTLED    outcome stored, _run queued (ONE loop.call_soon for the batches
+                                        settled in one loop iteration, see _LateCallbacks)
     loop runs _run     state DONE       handles report done(); batch callbacks, then every waiting
                                         handle's callbacks, in record order, each in its own context
 
@@ -158,12 +159,13 @@ cdef int _run_callback(object loop, object fn, object context, object arg) excep
 
 @cython.final
 cdef class _LateCallbacks:
-    """Callbacks of handles that were already done (or cancelled) when they were added, run from ONE loop
-    callback instead of one ``loop.call_soon`` each.
+    """Callbacks of handles that were already done (or cancelled) when they were added, and the loop
+    callbacks of settled batches, run from ONE loop callback instead of one ``loop.call_soon`` each.
 
     Why: ``asyncio.gather(*handles)`` adds a callback to every handle, most of them done already when the
     records were sent while the caller was still appending; a call_soon each is an asyncio.Handle, a
-    context copy and a Python-level Handle._run per record. Here a record costs three list slots.
+    context copy and a Python-level Handle._run per record. Here a record costs three list slots. The
+    batches one ProduceResponse settles (one per partition) share the queue the same way.
 
     Same guarantees as a call_soon each: nothing runs inside add_done_callback(); callbacks run in the
     order they were added (across handles too: one queue per loop); each in its own context; an exception
@@ -187,7 +189,10 @@ cdef class _LateCallbacks:
             while self._cursor < len(items):
                 i = self._cursor
                 self._cursor = i + 3
-                _run_callback(self.loop, items[i], items[i + 1], items[i + 2])
+                if items[i] is None:  # a settled batch (BatchCompletion._settle)
+                    _complete_in(items[i + 1], <BatchCompletion>items[i + 2])
+                else:
+                    _run_callback(self.loop, items[i], items[i + 1], items[i + 2])
         except BaseException:
             # Only SystemExit/KeyboardInterrupt get here: the rest runs on a later loop turn.
             self.loop.call_soon(self._run)
@@ -202,7 +207,8 @@ cdef _LateCallbacks _late = None
 
 cdef int _schedule_late(object loop, object fn, object context, object handle) except -1:
     """Have ``fn(handle)`` called from the loop soon, in ``context`` (a stored one: _EMPTY_CONTEXT or a
-    context object), after every late callback scheduled before it."""
+    context object), after every late callback scheduled before it. ``fn`` None: ``handle`` is a settled
+    BatchCompletion, whose _run is due."""
     global _late
     cdef _LateCallbacks late = _late
     if late is None or late.loop is not loop:
@@ -214,6 +220,19 @@ cdef int _schedule_late(object loop, object fn, object context, object handle) e
     late._items.append(fn)
     late._items.append(context)
     late._items.append(handle)
+    return 0
+
+
+cdef int _complete_in(object context, BatchCompletion completion) except -1:
+    """A settled batch's turn in the queue: its _run(), in the context it was settled in (what its own
+    call_soon would have given it)."""
+    if context is _EMPTY_CONTEXT:
+        context = PyContext_New()
+    PyContext_Enter(context)
+    try:
+        completion._complete()
+    finally:
+        PyContext_Exit(context)
     return 0
 
 
@@ -422,7 +441,9 @@ cdef class BatchCompletion:
 
     cdef int _settle(self) except -1:
         self._state = _SETTLED
-        self.loop.call_soon(self._run)
+        # The batch's loop callback (_run), queued with the loop's other late callbacks (_LateCallbacks):
+        # the batches of one response then cost one call_soon, not one each.
+        _schedule_late(self.loop, None, _capture_context(), self)
         return 0
 
     cdef int _register(self, DeliveryHandle handle) except -1:
@@ -437,6 +458,9 @@ cdef class BatchCompletion:
 
     def _run(self):
         """The batch's single loop callback: mark done, run batch callbacks, then handle callbacks."""
+        self._complete()
+
+    cdef int _complete(self) except -1:
         cdef object loop = self.loop
         cdef list callbacks
         cdef list waiters
@@ -468,6 +492,7 @@ cdef class BatchCompletion:
             # asyncio leaves the rest of its ready queue for when the loop runs again.
             loop.call_soon(self._run)
             raise
+        return 0
 
 
 @cython.final

@@ -1,9 +1,9 @@
 """Per-record delivery handles and the per-batch completion that settles them (pure-Python twin).
 
 Same names and behaviour as ``aiokprod/_native/handle.pyx``; read its module docstring for the design (one
-outcome per batch, a cheap ``(completion, index)`` handle per record, ONE ``loop.call_soon`` per batch that
-marks the batch done and runs every callback). ``tests/test_handle.py`` runs both twins through the same
-tests.
+outcome per batch, a cheap ``(completion, index)`` handle per record, ONE loop callback per batch that
+marks the batch done and runs every callback; the batches settled in one loop iteration share a call_soon).
+``tests/test_handle.py`` runs both twins through the same tests.
 
 A failed batch whose error nobody retrieved is logged once, when the completion is finalized (see the
 compiled twin's docstring: ``log_unretrieved``, cleared by any handle's ``result()``/``exception()``).
@@ -50,10 +50,11 @@ def _run_callback(loop: Any, fn: Callable[[Any], Any], context: Any, arg: Any) -
 
 
 class _LateCallbacks:
-    """Callbacks of handles that were already done (or cancelled) when they were added, run from ONE loop
-    callback instead of a ``loop.call_soon`` each (see the compiled twin's ``_LateCallbacks`` for why and
-    for the guarantees kept: added order across handles, own context each, errors to the loop's handler,
-    what is added while the queue runs waits for the next loop iteration)."""
+    """Callbacks of handles that were already done (or cancelled) when they were added, and the loop
+    callbacks of settled batches, run from ONE loop callback instead of a ``loop.call_soon`` each (see the
+    compiled twin's ``_LateCallbacks`` for why and for the guarantees kept: added order across handles,
+    own context each, errors to the loop's handler, what is added while the queue runs waits for the next
+    loop iteration)."""
 
     __slots__ = ("loop", "_items", "_cursor")
 
@@ -71,7 +72,10 @@ class _LateCallbacks:
             while self._cursor < len(items):
                 i = self._cursor
                 self._cursor = i + 3
-                _run_callback(self.loop, items[i], items[i + 1], items[i + 2])
+                if items[i] is None:  # a settled batch: its _run, in the context it was settled in
+                    items[i + 1].run(items[i + 2]._run)
+                else:
+                    _run_callback(self.loop, items[i], items[i + 1], items[i + 2])
         except BaseException:
             self.loop.call_soon(self._run)  # SystemExit/KeyboardInterrupt: the rest on a later loop turn
             raise
@@ -82,8 +86,9 @@ class _LateCallbacks:
 _late: _LateCallbacks | None = None
 
 
-def _schedule_late(loop: Any, fn: Callable[[Any], Any], context: Any, handle: Any) -> None:
-    """Have ``fn(handle)`` called from the loop soon, in ``context``, after the late callbacks before it."""
+def _schedule_late(loop: Any, fn: Optional[Callable[[Any], Any]], context: Any, handle: Any) -> None:
+    """Have ``fn(handle)`` called from the loop soon, in ``context``, after the late callbacks before it
+    (``fn`` None: ``handle`` is a settled BatchCompletion, whose _run is called)."""
     global _late
     late = _late
     if late is None or late.loop is not loop:
@@ -272,7 +277,8 @@ class BatchCompletion:
 
     def _settle(self) -> None:
         self._state = _SETTLED
-        self.loop.call_soon(self._run)
+        # _run, queued with the loop's other late callbacks: one call_soon for the batches of a response.
+        _schedule_late(self.loop, None, _copy_context(), self)
 
     def _register(self, handle: DeliveryHandle) -> None:
         if self._waiters is None:
