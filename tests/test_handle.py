@@ -764,6 +764,27 @@ async def test_native_handle_is_tracked_by_the_gc_only_while_it_holds_callbacks(
     assert [plain.result().offset, awaited.result().offset] == [0, 1]
 
 
+async def test_native_results_of_one_millisecond_share_the_timestamp_int():
+    if _impl.NO_EXTENSIONS:
+        pytest.skip("AIOKPROD_NO_EXTENSIONS=1")
+    hm = _twin("native")
+    completion = hm.BatchCompletion(asyncio.get_running_loop(), "t", 0)
+    stamps = [int(text) for text in ("1700000000000", "1700000000000", "1700000000001", "1700000000000")]
+    handles = [completion.add(ts) for ts in stamps]
+    completion.resolve(7)
+    await _turn()
+    results = [h.result() for h in handles]
+    assert [tuple(r) for r in results] == [("t", 0, 7 + i, ts) for i, ts in enumerate(stamps)]
+    assert results[0].timestamp is results[1].timestamp  # one int for a run of equal timestamps
+    appended = hm.BatchCompletion(asyncio.get_running_loop(), "t", 0)
+    handles = [appended.add(ts) for ts in stamps]
+    appended.resolve(0, 1700000000999)  # LogAppendTime: one timestamp for the whole batch
+    await _turn()
+    results = [h.result() for h in handles]
+    assert {r.timestamp for r in results} == {1700000000999}
+    assert all(r.timestamp is results[0].timestamp for r in results)
+
+
 # ---- both twins ------------------------------------------------------------------------------------------
 
 async def _scenario(hm):

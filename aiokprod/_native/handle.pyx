@@ -88,34 +88,29 @@ cdef extern from *:
     """
     /* A RecordMetadata (a tuple subclass of 4 items, no __dict__) filled in place. */
     static PyObject *aiokprod_metadata_new(PyObject *type, PyObject *topic, PyObject *partition,
-                                           long long offset, long long timestamp) {
+                                           long long offset, PyObject *timestamp) {
         PyTypeObject *tp = (PyTypeObject *)type;
-        PyObject *o, *off, *ts;
+        PyObject *o, *off;
         off = PyLong_FromLongLong(offset);
         if (off == NULL)
             return NULL;
-        ts = PyLong_FromLongLong(timestamp);
-        if (ts == NULL) {
-            Py_DECREF(off);
-            return NULL;
-        }
         o = tp->tp_alloc(tp, 4);
         if (o == NULL) {
             Py_DECREF(off);
-            Py_DECREF(ts);
             return NULL;
         }
         Py_INCREF(topic);
         Py_INCREF(partition);
+        Py_INCREF(timestamp);
         PyTuple_SET_ITEM(o, 0, topic);
         PyTuple_SET_ITEM(o, 1, partition);
         PyTuple_SET_ITEM(o, 2, off);
-        PyTuple_SET_ITEM(o, 3, ts);
+        PyTuple_SET_ITEM(o, 3, timestamp);
         return o;
     }
     """
     object aiokprod_metadata_new(object type, object topic, object partition, long long offset,
-                                 long long timestamp)
+                                 object timestamp)
 
 
 cdef enum:
@@ -280,6 +275,11 @@ cdef class BatchCompletion:
     # the second call returns the same object instead of building another (as asyncio.Future does).
     cdef Py_ssize_t _last_index
     cdef object _last_metadata
+    # The int object of the last timestamp put in a RecordMetadata: the records of a batch mostly share
+    # their millisecond (all of them do with LogAppendTime), so gathering a batch's results makes one
+    # int for the timestamps instead of one each.
+    cdef int64_t _timestamp_value
+    cdef object _timestamp_object
 
     def __cinit__(self, loop, str topic, partition):
         self.loop = loop
@@ -389,7 +389,11 @@ cdef class BatchCompletion:
             timestamp = self._timestamps[index]
         # What tuple.__new__(RecordMetadata, (topic, partition, offset, timestamp)) builds, without the
         # argument tuple, the call and the copy.
-        metadata = aiokprod_metadata_new(_RecordMetadata, self.topic, self.partition, offset, timestamp)
+        if self._timestamp_object is None or timestamp != self._timestamp_value:
+            self._timestamp_object = timestamp
+            self._timestamp_value = timestamp
+        metadata = aiokprod_metadata_new(_RecordMetadata, self.topic, self.partition, offset,
+                                         self._timestamp_object)
         if type(self.partition) is int:
             # A str and ints in an immutable tuple with no __dict__: it can be on no reference cycle, but
             # the collector only untracks exact tuples by itself, and gathering N handles keeps N of these.
