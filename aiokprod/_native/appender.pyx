@@ -207,7 +207,9 @@ cdef class RecordAppender:
         cdef _OpenBatch slot
         cdef Py_ssize_t n, p, klen, vlen, size, before
         cdef long long now
-        cdef int overflow
+        cdef int overflow, appended
+        cdef const char* kp
+        cdef const char* vp
         if not self.enabled or not PyUnicode_CheckExact(topic):
             return None
         found = PyDict_GetItem(self._topics, topic)
@@ -285,7 +287,11 @@ cdef class RecordAppender:
             return None  # send() raises RecordTooLargeError
         if timestamp_ms is None:
             now = aiokprod_now_ms()
-            timestamp_ms = PyLong_FromLongLong(now) if now >= 0 else int(_clock() * 1000)
+            if now >= 0:
+                timestamp_ms = PyLong_FromLongLong(now)
+            else:
+                timestamp_ms = int(_clock() * 1000)
+                now = timestamp_ms
         elif not PyLong_CheckExact(timestamp_ms):
             return None
         else:
@@ -294,7 +300,15 @@ cdef class RecordAppender:
             if now < 0 or overflow:
                 return None
         before = slot.builder._len
-        if not slot.append(slot.builder, timestamp_ms, key, value, headers):
+        if headers is None:
+            # The builder's C entry, as its append() would call it for exact bytes or None (checked above)
+            # and no headers: no Python call, no argument boxing, ``now`` already the int64 timestamp.
+            kp = PyBytes_AS_STRING(key) if klen >= 0 else NULL
+            vp = PyBytes_AS_STRING(value) if vlen >= 0 else NULL
+            appended = slot.builder._append(now, kp, klen, vp, vlen, None)
+        else:
+            appended = 1 if slot.append(slot.builder, timestamp_ms, key, value, headers) else 0
+        if not appended:
             # Full. The slow path's try_append finds it so again, marks it closed and wakes the sender.
             # Until it does, no record goes into this batch by the fast path (see _OpenBatch.refused).
             slot.refused = True
