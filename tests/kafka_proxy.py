@@ -32,8 +32,6 @@ Faults (each applies to the next ``count`` matching requests; ``count=None`` mea
   its answer is replaced (for a Produce, only the matching partitions'): the client is told it failed.
   :attr:`injected` counts them per API name.
 * :meth:`cut_connections`: close every connection now.
-* :meth:`fail_requests`: answer the next non-Produce requests of an API (e.g. InitProducerId) with an
-  error code, without forwarding them (the broker never sees them).
 * :meth:`omit_from_produce_response`: forward a Produce (the write happens) but leave one partition out
   of the answer, as a buggy or partially failed broker might.
 
@@ -82,7 +80,6 @@ from aiokprod.protocol import (
     ApiVersionsResponse,
     decode_response_header,
     FindCoordinatorResponse,
-    InitProducerIdResponse,
     MetadataResponse,
     ProduceRequest,
     ProduceResponse,
@@ -94,7 +91,6 @@ PRODUCE = 0
 METADATA = 3
 API_VERSIONS = 18
 FIND_COORDINATOR = 10
-INIT_PRODUCER_ID = 22
 UNKNOWN_TOPIC_OR_PARTITION = 3
 NOT_LEADER_OR_FOLLOWER = 6
 
@@ -119,7 +115,7 @@ def _api_key(api: int | str | None) -> int | None:
 class _Fault:
     """One fault rule. ``None`` in a filter field matches anything."""
 
-    kind: str                     # "delay" | "lose" | "cut_before" | "error" | "fail_request" | "omit"
+    kind: str                     # "delay" | "lose" | "cut_before" | "error" | "omit"
                                   # | "api_error" | "error_after_write" (inject_error)
     api_key: int | None = None
     node_id: int | None = None
@@ -319,17 +315,6 @@ class KafkaProxy(ThreadedProxy):
         self._add_fault(_Fault("error", PRODUCE, node_id, topic, partition, remaining=count,
                                error_code=error_code, error_message=message))
 
-    def fail_requests(self, api: int | str, error_code: int, *, count: int | None = 1,
-                      node_id: int | None = None) -> None:
-        """Answer the next ``count`` requests of ``api`` with ``error_code`` without forwarding them.
-
-        Only APIs whose error answer the proxy knows how to build: InitProducerId.
-        """
-        key = _api_key(api)
-        if key not in _ERROR_ANSWERS:
-            raise ValueError(f"fail_requests does not know how to answer {api!r}")
-        self._add_fault(_Fault("fail_request", key, node_id, remaining=count, error_code=error_code))
-
     def omit_from_produce_response(self, topic: str, partition: int, *, count: int | None = 1,
                                    node_id: int | None = None) -> None:
         """Forward the next ``count`` Produce writes to ``topic``/``partition`` (the broker writes them) but
@@ -509,15 +494,8 @@ class KafkaProxy(ThreadedProxy):
                 self.events["cut_before"] += 1
                 return  # _handle closes both sides
             omitted: list[tuple[str, int]] = []
-            local_answer = None
             if info.api_key == PRODUCE and forward is not None and expects_response:
                 omitted = self._take_omissions(node_id, partitions)
-            elif info.api_key in _ERROR_ANSWERS:
-                failure = self._take_fault("fail_request", info.api_key, node_id)
-                if failure is not None:
-                    self.events["failed_request"] += 1
-                    forward = None
-                    local_answer = _ERROR_ANSWERS[info.api_key](failure.error_code)
             # Response faults are consumed only by requests that get a response (not acks=0 Produce).
             delay_rule = self._take_fault("delay", info.api_key, node_id, partitions) if expects_response else None
             delay = delay_rule.delay if delay_rule else 0.0
@@ -527,7 +505,7 @@ class KafkaProxy(ThreadedProxy):
             api_error = None
             if info.api_key == PRODUCE:
                 written_errors = self._produce_errors_after_write(node_id, partitions or [])
-            elif expects_response and local_answer is None:
+            elif expects_response:
                 local = self._take_fault("api_error", info.api_key, node_id)
                 if local is not None:  # inject_error(after_write=False): the broker never sees it
                     self._count_injected(info)
@@ -549,10 +527,6 @@ class KafkaProxy(ThreadedProxy):
                     inflight[info.correlation_id] = entry
                 up_writer.write(frame(forward))
                 await up_writer.drain()
-            elif info.api_key != PRODUCE:
-                # A request answered by the proxy itself (fail_requests).
-                future.set_result(response_payload(info.correlation_id, info.response_header_version,
-                                                   local_answer.encode(info.api_version)))
             elif expects_response:
                 # Every partition was answered by the proxy: the broker never sees this request.
                 future.set_result(self._local_produce_response(info, local_errors))
@@ -887,7 +861,3 @@ def _record_count(records) -> int:
     return count
 
 
-# Error answers the proxy can give in place of the broker (fail_requests): api key -> error code -> message.
-_ERROR_ANSWERS: dict[int, Callable[[int], object]] = {
-    INIT_PRODUCER_ID: lambda code: InitProducerIdResponse(error_code=code, producer_id=-1, producer_epoch=-1),
-}

@@ -124,10 +124,10 @@ async def test_init_producer_id_refused_retriably_then_granted(broker, kafka_pro
     """COORDINATOR_LOAD_IN_PROGRESS twice (answered by the proxy, the broker never sees them): the producer
     asks again and delivers with the id it finally gets."""
     proxy = kafka_proxy
-    proxy.fail_requests("InitProducerId", 14, count=2)
+    proxy.inject_error("InitProducerId", 14, count=2)
     async with Producer(proxy.bootstrap, linger_ms=1, retry_backoff_ms=20) as producer:
         metadata = await asyncio.wait_for(producer.send_and_wait(topic_name, b"x", partition=0), GUARD)
-    assert proxy.events["failed_request"] == 2
+    assert proxy.injected["InitProducerId"] == 2
     assert proxy.count("InitProducerId") == 3
     [batch] = await read_batches(broker.host, broker.port, topic_name, 0)
     assert batch.producer_id >= 0 and batch.base_sequence == 0 and metadata.offset == 0
@@ -141,7 +141,7 @@ async def test_init_producer_id_refused_fatally(broker, kafka_proxy, topic_name)
     proxy = kafka_proxy
     async with Producer(proxy.bootstrap, linger_ms=1, retry_backoff_ms=20) as producer:
         await producer.send_and_wait(topic_name, b"warm", partition=0)
-        proxy.fail_requests("InitProducerId", 31, count=None)
+        proxy.inject_error("InitProducerId", 31, count=None)
         proxy.fail_produce(topic_name, 0, 59)  # UNKNOWN_PRODUCER_ID
         handle = await producer.send(topic_name, b"x", partition=0)
         with pytest.raises(errors.ClusterAuthorizationFailedError):
