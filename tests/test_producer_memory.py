@@ -48,8 +48,9 @@ async def test_an_expired_wait_lets_the_sender_queued_behind_it_through(broker, 
     re-arms) and still get through when memory frees."""
     from aiokprod import errors
 
+    # max_block_ms well above the 50 ms between two waits queuing, so a loaded machine cannot reorder them.
     async with Producer(broker.bootstrap, batch_size=1024, buffer_memory=4096, linger_ms=60_000,
-                        max_block_ms=300) as producer:
+                        max_block_ms=1000) as producer:
         await producer.partitions_for(topic_name)
         filler = [await producer.send(topic_name, b"f" * 900, partition=p) for p in (0, 1)]  # 2048 used
         failed = []
@@ -67,7 +68,7 @@ async def test_an_expired_wait_lets_the_sender_queued_behind_it_through(broker, 
         await asyncio.sleep(0)
         assert not big.done() and not small.done()
         assert producer.metrics()["buffer_used_bytes"] == 2048
-        with pytest.raises(errors.BufferExhaustedError, match=rf"for {topic_name}-2: .*max_block_ms \(300 ms\)"):
+        with pytest.raises(errors.BufferExhaustedError, match=rf"for {topic_name}-2: .*max_block_ms \(1000 ms\)"):
             await asyncio.wait_for(big, 30)
         handle = await asyncio.wait_for(small, 30)  # granted when "big" expired, not by a release
         assert producer.metrics()["buffer_used_bytes"] == 3072
