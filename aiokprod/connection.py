@@ -18,6 +18,7 @@ import collections
 import logging
 import time
 import ssl
+import struct
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
@@ -31,6 +32,11 @@ log = logging.getLogger("aiokprod.connection")
 
 # A response frame bigger than this is taken as a corrupt length rather than an allocation to make.
 MAX_FRAME_SIZE = 512 * 1024 * 1024
+
+# The response header version of each (api_key, api_version), worked out once (send_frame runs per request).
+_HEADER_VERSIONS: dict[tuple[int, int], int] = {}
+
+_I32 = struct.Struct(">i")
 
 # The versions of each API this client can encode, lowest and highest (from the generated classes).
 CLIENT_VERSIONS: dict[int, tuple[int, int]] = {}
@@ -220,8 +226,10 @@ class BrokerConnection(asyncio.Protocol):
             return future
         now = time.monotonic()
         deadline = now + (timeout if timeout is not None else self.request_timeout)
-        self._pending.append(_Pending(correlation_id, future, response_class, version,
-                                      response_header_version(api_key, version), deadline, now))
+        header_version = _HEADER_VERSIONS.get((api_key, version))
+        if header_version is None:
+            header_version = _HEADER_VERSIONS[(api_key, version)] = response_header_version(api_key, version)
+        self._pending.append(_Pending(correlation_id, future, response_class, version, header_version, deadline, now))
         if self._timer is None:
             self._arm_timer()
         elif deadline < self._timer_deadline:
@@ -268,11 +276,16 @@ class BrokerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
+        if not buffer:
+            # The usual case: nothing left over from before, and ``data`` holds whole answers. Frames are
+            # cut from it directly (one copy each), and only an incomplete tail is kept in the buffer.
+            self._frames_from(data)
+            return
         buffer += data
         start = 0
         end = len(buffer)
         while end - start >= 4:
-            size = int.from_bytes(buffer[start:start + 4], "big", signed=True)
+            (size,) = _I32.unpack_from(buffer, start)
             if size < 4 or size > MAX_FRAME_SIZE:
                 self.close(errors.CorruptFrameError(
                     f"impossible response size {size} from {self.host}:{self.port}"))
@@ -292,13 +305,42 @@ class BrokerConnection(asyncio.Protocol):
         if start:
             del buffer[:start]
 
+    def _frames_from(self, data: bytes) -> None:
+        """``data_received`` with an empty buffer: handle the whole frames in ``data``, keep the rest."""
+        if type(data) is not bytes:  # (a transport hands bytes; anything else is copied so frames own theirs)
+            data = bytes(data)
+        start = 0
+        end = len(data)
+        unpack = _I32.unpack_from
+        while end - start >= 4:
+            (size,) = unpack(data, start)
+            if size < 4 or size > MAX_FRAME_SIZE:
+                self.close(errors.CorruptFrameError(
+                    f"impossible response size {size} from {self.host}:{self.port}"))
+                return
+            stop = start + 4 + size
+            if stop > end:
+                break
+            frame = data[start + 4:stop]  # bytes: a copy of its own, as decoded responses may keep slices
+            start = stop
+            try:
+                self._handle_frame(frame)
+            except Exception as exc:  # a bug must not leave requests hanging: close and fail them
+                log.exception("cannot handle a response from %s:%s", self.host, self.port)
+                self.close(errors.CorruptFrameError(f"cannot handle a response from {self.host}:{self.port}: {exc!r}"))
+            if self._closed_exc is not None:
+                return
+        if start < end:
+            self._buffer += data[start:] if start else data
+
     def _handle_frame(self, frame: bytes) -> None:
         if self._unanswered and self._is_unasked_answer(frame):
             return
-        if not self._pending:
+        try:
+            pending = self._pending.popleft()
+        except IndexError:
             self.close(errors.CorruptFrameError(f"unexpected response from {self.host}:{self.port}: nothing pending"))
             return
-        pending = self._pending.popleft()
         try:
             correlation_id, offset = decode_response_header(frame, pending.header_version)
             if correlation_id != pending.correlation_id:
@@ -307,7 +349,7 @@ class BrokerConnection(asyncio.Protocol):
                     f"expected {pending.correlation_id}")
             body = memoryview(frame)[offset:]
             version = pending.version
-            if (pending.response_class is ApiVersionsResponse and version > 0 and len(body) >= 2
+            if (version > 0 and pending.response_class is ApiVersionsResponse and len(body) >= 2
                     and int.from_bytes(body[:2], "big", signed=True) == 35):
                 # KIP-511: a broker that does not know this ApiVersions version answers UNSUPPORTED_VERSION
                 # with a *v0* body (so any client can read it). Decoding it as the version we asked for

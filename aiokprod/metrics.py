@@ -20,33 +20,80 @@ WINDOW_SECONDS = 30
 
 class WindowedStat:
     """Sum, count and max of values recorded over the last ``window`` seconds (one-second buckets), and
-    the cumulative total. ``clock`` is injectable so the window can be tested as a plain function."""
+    the cumulative total. ``clock`` is injectable so the window can be tested as a plain function.
 
-    __slots__ = ("window", "clock", "started", "total", "count", "_buckets")
+    ``record`` runs per batch on the sender's path, so it touches only the current second's bucket, held in
+    plain attributes (one clock read, a comparison, a few adds); the bucket is closed into the list of past
+    seconds only when the second changes, and old seconds are dropped when the window is read or a bucket
+    closes.
+    """
+
+    __slots__ = ("window", "clock", "started", "_closed_total", "_closed_count", "_buckets",
+                 "_second", "_end", "_sum", "_count", "_max")
 
     def __init__(self, window: int = WINDOW_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window
         self.clock = clock
         self.started = clock()
-        self.total = 0.0
-        self.count = 0
-        # [second, sum, count, max], oldest first; only seconds in which something was recorded.
+        # Totals of the closed buckets (the current one is added when read).
+        self._closed_total = 0.0
+        self._closed_count = 0
+        # Closed buckets [second, sum, count, max], oldest first; only seconds in which something was recorded.
         self._buckets: list[list[float]] = []
+        # The current second's bucket: recording into it needs no list and no int(); _end = _second + 1.
+        self._second = -1
+        self._end = float("-inf")  # nothing current yet: the first record opens a bucket
+        self._sum = 0.0
+        self._count = 0
+        self._max = float("-inf")
+
+    @property
+    def total(self) -> float:
+        """Sum of every value ever recorded (cumulative, not windowed)."""
+        return self._closed_total + self._sum
+
+    @property
+    def count(self) -> int:
+        """Number of values ever recorded."""
+        return self._closed_count + self._count
 
     def record(self, value: float) -> None:
-        second = int(self.clock())
-        buckets = self._buckets
-        if buckets and buckets[-1][0] == second:
-            bucket = buckets[-1]
-            bucket[1] += value
-            bucket[2] += 1
-            if value > bucket[3]:
-                bucket[3] = value
+        if self.clock() < self._end:
+            self._sum += value
+            self._count += 1
+            if value > self._max:
+                self._max = value
         else:
-            buckets.append([second, value, 1, value])
-            self._prune(second)
-        self.total += value
-        self.count += 1
+            self._open(value)
+
+    def _open(self, value: float) -> None:
+        """The second changed: close the current bucket (if anything is in it) and start one with ``value``."""
+        self._close()
+        second = int(self.clock())
+        self._second = second
+        self._end = second + 1.0
+        self._sum = value
+        self._count = 1
+        self._max = value
+        self._prune(second)
+
+    def _close(self) -> None:
+        if self._count:
+            buckets = self._buckets
+            if buckets and buckets[-1][0] == self._second:
+                # Closed earlier in this same second by a read: one bucket per second, however often read.
+                bucket = buckets[-1]
+                bucket[1] += self._sum
+                bucket[2] += self._count
+                if self._max > bucket[3]:
+                    bucket[3] = self._max
+            else:
+                buckets.append([self._second, self._sum, self._count, self._max])
+            self._closed_total += self._sum
+            self._closed_count += self._count
+            self._sum = 0.0
+            self._count = 0
+            self._max = float("-inf")
 
     def _prune(self, second: int) -> None:
         oldest = second - self.window + 1
@@ -58,6 +105,8 @@ class WindowedStat:
             del buckets[:drop]
 
     def _live(self) -> list[list[float]]:
+        """The buckets within the window, the current one included (closed first, so that it is listed)."""
+        self._close()
         self._prune(int(self.clock()))
         return self._buckets
 

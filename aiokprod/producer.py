@@ -5,8 +5,10 @@ handle (awaitable, resolving to ``RecordMetadata``). It awaits only when it must
 it has not seen, or for room in ``buffer_memory``. The sender task does everything else.
 
 The common case (running, no interceptors or serializers, metadata cached, room in the partition's open
-batch) is one call into compiled code, ``RecordAppender.append`` (``aiokprod/_native/appender.pyx``); it
-returns None, having done nothing, for everything else, which the rest of ``send()`` handles.
+batch) is one call into compiled code: ``producer.send`` IS ``RecordAppender.send``
+(``aiokprod/_native/appender.pyx``), which appends and returns an awaitable that gives the handle at once (no
+coroutine, no frame); for everything else it did nothing and returns the coroutine of ``Producer.send``, the
+general path.
 """
 from __future__ import annotations
 
@@ -96,6 +98,16 @@ class Producer:
         self._appender = RecordAppender(config.batch_size)
         # Typed as it behaves: it takes any arguments and declines (returns None for) what is not plain.
         self._fast_append: Callable[..., Optional[DeliveryHandle]] = self._appender.append
+        # producer.send / producer.send_and_wait ARE the appender's entries (instance attributes, found before
+        # the class's methods): the common case is one compiled call returning an awaitable that completes
+        # at once, with no coroutine and no frame; what the fast path declines, they hand to the methods
+        # below (bound here), whose coroutine they return. A subclass that overrides one keeps its own.
+        general_send, general_send_and_wait = self.send, self.send_and_wait
+        self._appender.set_general_path(general_send, general_send_and_wait)
+        if type(self).send is Producer.send:
+            self.__dict__["send"] = self._appender.send
+        if type(self).send_and_wait is Producer.send_and_wait:
+            self.__dict__["send_and_wait"] = self._appender.send_and_wait
         self._state = State.NEW
         self._stopped: Optional[asyncio.Future[None]] = None
         self._abandon_reported = False
@@ -307,11 +319,17 @@ class Producer:
                    timestamp_ms: Optional[int] = None, headers: Optional[Headers] = None) -> DeliveryHandle:
         """Append a record; return its delivery handle (await it for ``RecordMetadata``).
 
-        The hot path: with the topic's metadata cached and room in the buffer this never yields. The common
-        case is the one compiled call below; what it declines (it then did nothing) goes through the general
-        path after it, which is the reference behaviour: the fast path must give the same partition, order,
-        handle and accounting as this code would. Its checks are ordered so that the common case takes the
-        fewest Python operations; the rare cases branch off to helpers.
+        ``await producer.send(...)`` never yields with the topic's metadata cached and room in the buffer.
+        On a producer, ``send`` is the compiled ``RecordAppender.send`` (see ``_init_parts``): the common case
+        appends the record when send() is CALLED and returns an awaitable that gives the handle at once (a
+        coroutine to asyncio: ``create_task``, ``gather``, ``wait_for`` take it). If it is never awaited, it
+        warns as a coroutine does ("coroutine 'Producer.send' was never awaited"), but unlike a coroutine's
+        its record was appended anyway, and is delivered. What the compiled call declines (it then did
+        nothing) is this method's coroutine, which appends when awaited, as any coroutine.
+
+        This body is the general path, and the reference behaviour: the fast path must give the same
+        partition, order, handle and accounting as this code would. Its checks are ordered so that the common
+        case takes the fewest Python operations; the rare cases branch off to helpers.
         """
         handle = self._fast_append(topic, value, key, partition, timestamp_ms, headers)
         if handle is not None:
@@ -504,6 +522,11 @@ class Producer:
 
     async def send_and_wait(self, topic: str, value: Any = None, key: Any = None, partition: Optional[int] = None,
                             timestamp_ms: Optional[int] = None, headers: Optional[Headers] = None) -> RecordMetadata:
+        """Send a record and wait for its delivery: ``await (await send(...))``, ``RecordMetadata``.
+
+        As ``send``, on a producer this is the compiled ``RecordAppender.send_and_wait``: the common case
+        appends when called and returns an awaitable that waits for the delivery; this method's coroutine is
+        what it returns for the records the fast path declines."""
         # send()'s own first step, inline: the common case then makes one coroutine per record, not two.
         handle = self._fast_append(topic, value, key, partition, timestamp_ms, headers)
         if handle is None:

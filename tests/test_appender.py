@@ -80,7 +80,9 @@ def wired_producer(twin, *, seed=1, fast=True, topics=None, **config):
     producer.fake_loop = loop
     producer.slow_calls = 0
     if not fast:
+        # The general path alone: send()/send_and_wait() the class's methods, without the compiled entries.
         producer._fast_append = lambda *args: None
+        del producer.send, producer.send_and_wait
     accumulator = producer._accumulator
     general_append = accumulator.append
 

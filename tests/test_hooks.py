@@ -116,6 +116,26 @@ def test_window_rate_avg_max_slide_by_the_second():
     assert stat.total == 64 and stat.count == 4  # totals are cumulative
 
 
+def test_window_read_between_records_of_one_second_counts_them_once():
+    """Reading closes the current second's bucket; records after the read in the same second join it (one
+    bucket per second however often the window is read), and nothing is counted twice or lost."""
+    clock = Clock(2000.0)
+    stat = WindowedStat(30, clock)
+    clock.now = 2010.2
+    stat.record(5)
+    assert stat.avg() == 5 and stat.max() == 5 and stat.count == 1
+    clock.now = 2010.7  # the same second
+    stat.record(1)
+    stat.record(9)
+    assert stat.avg() == 5 and stat.max() == 9 and stat.count_rate() == pytest.approx(3 / 10.7)
+    assert stat.total == 15 and stat.count == 3
+    clock.now = 2011.1  # the next second: a new bucket
+    stat.record(3)
+    assert stat.total == 18 and stat.avg() == pytest.approx(18 / 4) and stat.max() == 9
+    clock.now = 2040.5  # second 2010 left the window, 2011 is still in it
+    assert stat.avg() == 3 and stat.max() == 3 and stat.count == 4
+
+
 def test_rate_of_a_fresh_stat_divides_by_at_least_one_second():
     clock = Clock(5.0)
     stat = WindowedStat(30, clock)

@@ -1,9 +1,10 @@
 # Type stub for the compiled twin (aiokprod/_native/appender.pyx); the Python twin has the same API.
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, final
 
 from aiokprod.handle import DeliveryHandle
+from aiokprod.metadata import RecordMetadata
 
 __all__ = ["RecordAppender"]
 
@@ -18,6 +19,15 @@ class RecordAppender:
     def append(self, topic: str, value: bytes | None, key: bytes | None, partition: int | None,
                timestamp_ms: int | None, headers: Sequence[tuple[str | bytes, bytes | None]] | None,
                ) -> DeliveryHandle | None: ...
+    def set_general_path(self, send: Callable[..., Coroutine[Any, Any, DeliveryHandle]],
+                         send_and_wait: Callable[..., Coroutine[Any, Any, RecordMetadata]]) -> None: ...
+    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, partition: int | None = None,
+             timestamp_ms: int | None = None, headers: Sequence[tuple[str | bytes, bytes | None]] | None = None,
+             ) -> Coroutine[Any, Any, DeliveryHandle]: ...
+    def send_and_wait(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                      partition: int | None = None, timestamp_ms: int | None = None,
+                      headers: Sequence[tuple[str | bytes, bytes | None]] | None = None,
+                      ) -> Coroutine[Any, Any, RecordMetadata]: ...
     def sticky_partition(self, topic: str, num_partitions: int) -> int: ...
     def record_appended(self, topic: str, partition: int, num_bytes: int, num_partitions: int) -> None: ...
     def batch_opened(self, batches: Any, batch: Any) -> None: ...

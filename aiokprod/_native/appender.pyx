@@ -5,10 +5,11 @@
 needs no await. Done as Python it is ~1.4 us/record, nearly all of it attribute lookups, dict lookups and
 calls (producer state, serializers, metadata, partitioner, size bound, clock, accumulator queue, batch,
 builder, completion, partitioner again). :meth:`RecordAppender.append` does that work here, from C fields,
-and returns the record's delivery handle; or returns None, having changed NOTHING, whenever anything is
-out of the ordinary, and ``send()`` goes on with its general (slow) path, which raises the right errors and
-awaits what must be awaited. So the fast path never has to reproduce an error or a wait: only the outcome
-of the slow path when that outcome is "appended to the open batch".
+and returns the record's delivery handle; or returns None, having changed NOTHING (but for marking a full
+batch refused, see the end), whenever anything is out of the ordinary, and ``send()`` goes on with its
+general (slow) path, which raises the right errors and awaits what must be awaited. So the fast path never
+has to reproduce an error or a wait: only the outcome of the slow path when that outcome is "appended to the
+open batch".
 
 What the fast path needs, kept per topic in a :class:`_Topic`:
 
@@ -33,6 +34,15 @@ the error that names it.
 Memory: a record appended to an open batch needs no ``buffer_memory`` (the batch reserved its buffer when it
 was made), exactly as ``RecordAccumulator.try_append``; and while senders are queued for memory nothing is
 appended, so nobody overtakes them.
+
+``producer.send`` and ``producer.send_and_wait`` ARE :meth:`RecordAppender.send` and
+:meth:`RecordAppender.send_and_wait` (bound by ``Producer._init_parts``): the fast path, then a freelisted
+:class:`_Ready` that ``await`` completes without a yield (send) or that awaits the handle (send_and_wait). A
+coroutine and its frame per record were a quarter of fire-and-forget's CPU. What the fast path declines,
+they hand to the general path, ``Producer.send``/``send_and_wait`` themselves, and return its coroutine. So
+the common case appends when send() is called, the general path when its coroutine runs: a record that the
+open batch refused (full) marks it refused, and no later record goes into it by the fast path before the
+general path has closed it, so records keep the order of the calls.
 """
 cimport cython
 
@@ -42,12 +52,17 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SI
 from cpython.dict cimport PyDict_GetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact, PyLong_FromLongLong
+from cpython.exc cimport PyErr_WarnEx
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.sequence cimport PySequence_GetItem
 from cpython.unicode cimport PyUnicode_CheckExact
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
+import asyncio
+import inspect
 import random
+from collections.abc import Coroutine as _Coroutine
 from time import time as _time
 
 from aiokprod.codec import BATCH_HEADER_SIZE, RECORD_OVERHEAD_MAX, record_size_upper_bound
@@ -112,6 +127,10 @@ cdef class _OpenBatch:
     # builder.append(...) would first look the method up on the type (~10 ns each, per record).
     cdef object append
     cdef object add
+    # Set when a record did not fit (the builder refused it): the fast path then declines every record
+    # for this batch, so that none overtakes the refused one, whose general path closes the batch and
+    # opens the next (with a new _OpenBatch). See RecordAppender.send on why this matters now.
+    cdef bint refused
 
 
 @cython.final
@@ -141,6 +160,10 @@ cdef class RecordAppender:
     cdef Py_ssize_t _max_record_size
     cdef dict _topics                   # topic -> _Topic
     cdef object _randrange
+    # Producer.send / send_and_wait's general path (set_general_path): what send() / send_and_wait() return,
+    # a coroutine, for a record the fast path declines.
+    cdef object _general_send
+    cdef object _general_send_and_wait
 
     def __init__(self, batch_size=16384, rng=None):
         self.batch_size = batch_size
@@ -176,6 +199,9 @@ cdef class RecordAppender:
     def append(self, topic, value, key, partition, timestamp_ms, headers):
         """Append to the partition's open batch and return the record's handle; None (nothing done) if the
         record needs the general path. Arguments as ``Producer.send``'s, serializers already applied."""
+        return self._append(topic, value, key, partition, timestamp_ms, headers)
+
+    cdef object _append(self, topic, value, key, partition, timestamp_ms, headers):
         cdef PyObject* found
         cdef _Topic state
         cdef _OpenBatch slot
@@ -236,7 +262,7 @@ cdef class RecordAppender:
         if <object>found is None:
             return None
         slot = <_OpenBatch>found
-        if self._waiters:
+        if self._waiters or slot.refused:
             return None
         batches = slot.batches
         # (PySequence_GetItem counts a negative index from the end; the deque's end item is O(1).)
@@ -270,6 +296,8 @@ cdef class RecordAppender:
         before = slot.builder._len
         if not slot.append(slot.builder, timestamp_ms, key, value, headers):
             # Full. The slow path's try_append finds it so again, marks it closed and wakes the sender.
+            # Until it does, no record goes into this batch by the fast path (see _OpenBatch.refused).
+            slot.refused = True
             return None
         handle = slot.add(slot.completion, timestamp_ms)
         if partition is None and klen < 0 and p == state.sticky:
@@ -280,6 +308,46 @@ cdef class RecordAppender:
             if state.sticky_bytes >= self.batch_size:
                 self._switch(state, p, n)
         return handle
+
+    # -- Producer.send / send_and_wait themselves ---------------------------------------------------------
+    def set_general_path(self, send, send_and_wait):
+        """The producer's general path: coroutine functions taking send()'s arguments (``Producer.send`` and
+        ``Producer.send_and_wait`` bound to the producer), called by :meth:`send` and :meth:`send_and_wait`
+        for what the fast path declines."""
+        self._general_send = send
+        self._general_send_and_wait = send_and_wait
+
+    # binding: a Cython function object (with a __dict__), so that it can carry the coroutine-function marks
+    # (see _mark_coroutine_function); its bound method is called as directly (vectorcall) as a builtin one.
+    @cython.binding(True)
+    def send(self, topic, value=None, key=None, partition=None, timestamp_ms=None, headers=None):
+        """``Producer.send`` of a started producer: the fast path, then an awaitable that returns the handle
+        at once (no coroutine, no frame: see _Ready); the general path's coroutine if the fast path declines.
+
+        The record is appended HERE, when send() is called, not when its result is awaited (with the general
+        path, as with any coroutine, nothing happens before the await). So records are appended in the order
+        of the calls; _OpenBatch.refused keeps a later record from overtaking one the general path will
+        append to the same partition."""
+        cdef _Ready ready
+        handle = self._append(topic, value, key, partition, timestamp_ms, headers)
+        if handle is None:
+            return _general(self._general_send, topic, value, key, partition, timestamp_ms, headers)
+        ready = _Ready.__new__(_Ready)
+        ready._handle = handle
+        return ready
+
+    @cython.binding(True)
+    def send_and_wait(self, topic, value=None, key=None, partition=None, timestamp_ms=None, headers=None):
+        """``Producer.send_and_wait`` of a started producer: as :meth:`send`, but the awaitable waits for the
+        record's delivery and returns its ``RecordMetadata`` (it awaits the handle)."""
+        cdef _Ready ready
+        handle = self._append(topic, value, key, partition, timestamp_ms, headers)
+        if handle is None:
+            return _general(self._general_send_and_wait, topic, value, key, partition, timestamp_ms, headers)
+        ready = _Ready.__new__(_Ready)
+        ready._handle = handle
+        ready._wait = True
+        return ready
 
     # -- the sticky partitioner's state (used by DefaultPartitioner) ---------------------------------------
     def sticky_partition(self, str topic, Py_ssize_t num_partitions):
@@ -364,3 +432,199 @@ cdef class RecordAppender:
             return None
         slot = state.open[partition]
         return None if slot is None else (<_OpenBatch>slot).batch
+
+
+cdef object _general(object path, topic, value, key, partition, timestamp_ms, headers):
+    if path is None:
+        raise RuntimeError("RecordAppender.send()/send_and_wait() before set_general_path()")
+    return path(topic, value, key, partition, timestamp_ms, headers)
+
+
+# -- what send() returns when the fast path appended ---------------------------------------------------------
+
+@cython.final
+@cython.freelist(256)
+cdef class _Ready:
+    """The result of ``producer.send(...)`` (or ``send_and_wait``) when the fast path appended the record:
+    a coroutine as asyncio sees it (``asyncio.iscoroutine``, ``create_task``, ``ensure_future``, ``gather``,
+    ``wait_for`` take it: it has ``send``, ``throw``, ``close`` and ``__await__`` and is registered as a
+    ``collections.abc.Coroutine``), that costs no frame.
+
+    send(): ``await`` returns the handle without yielding, through the type's ``am_send`` slot (installed at
+    the module end, as handle.pyx does for the handle's await iterator): the value comes back as a return,
+    no StopIteration. send_and_wait(): it awaits the handle, by driving the handle's own await iterator
+    (``am_await`` then ``PyIter_Send``, C slots both), and returns its RecordMetadata.
+
+    Never awaited (nor closed, nor thrown into): its finalizer warns as an unawaited coroutine does
+    (RuntimeWarning "coroutine 'Producer.send' was never awaited"); unlike a coroutine, the record was
+    appended already, and is delivered.
+    """
+
+    cdef object _handle   # the record's DeliveryHandle; None once finished (returned, thrown into, closed)
+    cdef object _inner    # send_and_wait: the handle's await iterator, from the first step on
+    cdef bint _wait       # True: send_and_wait's (awaits the handle), False: send's (returns it)
+    cdef bint _started    # a step was taken (the coroutine is no longer "just started")
+
+    def __dealloc__(self):
+        if self._handle is not None and not self._started:
+            # A RuntimeWarning, as CPython gives a coroutine that was never awaited (Cython saves and
+            # restores any exception being handled around __dealloc__; an error here is unraisable).
+            if self._wait:
+                PyErr_WarnEx(RuntimeWarning, b"coroutine 'Producer.send_and_wait' was never awaited "
+                             b"(its record was appended anyway)", 1)
+            else:
+                PyErr_WarnEx(RuntimeWarning, b"coroutine 'Producer.send' was never awaited "
+                             b"(its record was appended anyway)", 1)
+
+    @property
+    def __name__(self):
+        # asyncio's repr of a Task names its coroutine by __qualname__ or else __name__ (a type's
+        # __qualname__ cannot be an instance property).
+        return "Producer.send_and_wait" if self._wait else "Producer.send"
+
+    @property
+    def cr_running(self):
+        return False
+
+    def __await__(self):
+        return self
+
+    def __next__(self):
+        return self.send(None)
+
+    def send(self, value):
+        cdef PyObject* out = NULL
+        cdef object result
+        cdef int step = _ready_step(self, <PyObject*>value, &out)
+        result = <object>out
+        Py_DECREF(result)  # _ready_step gave a new reference; ``result`` holds its own
+        if step == 0:
+            return result
+        raise StopIteration(result)
+
+    def throw(self, typ, val=None, tb=None):
+        """Raise the exception where the coroutine is awaited (into the handle's await, once send_and_wait's
+        is waiting for it)."""
+        inner = self._inner
+        if inner is not None:
+            try:
+                return inner.throw(typ, val, tb)
+            except BaseException:
+                self._finish()
+                raise
+        self._finish()
+        if val is None:
+            val = typ() if isinstance(typ, type) else typ
+        elif not isinstance(val, BaseException):
+            val = typ(val)
+        if tb is not None:
+            val = val.with_traceback(tb)
+        raise val
+
+    def close(self):
+        inner = self._inner
+        self._finish()
+        if inner is not None:
+            inner.close()
+
+    cdef inline void _finish(self):
+        self._started = True
+        self._handle = None
+        self._inner = None
+
+
+cdef int _ready_step(_Ready self, PyObject* arg, PyObject** out) except -1:
+    """One step: 0 with ``*out`` the value to yield, 1 with ``*out`` the value to return (a new reference
+    either way); raises as a coroutine would."""
+    cdef object handle = self._handle
+    cdef object inner
+    cdef object value
+    cdef PySendResult status
+    if handle is None:
+        raise RuntimeError("cannot reuse already awaited coroutine")
+    if not self._started:
+        if arg != <PyObject*>None:
+            raise TypeError("can't send non-None value to a just-started coroutine")
+        self._started = True
+        if not self._wait:
+            self._handle = None
+            Py_INCREF(handle)
+            out[0] = <PyObject*>handle
+            return 1
+        self._inner = aiokprod_await_iter(handle)
+    status = PyIter_Send(self._inner, <object>arg, out)
+    if status == PYGEN_NEXT:
+        return 0
+    self._handle = None
+    self._inner = None
+    if status == PYGEN_RETURN:
+        return 1
+    return -1  # the exception is set
+
+
+cdef extern from *:
+    """
+    /* await's first step on a handle: its __await__ through the type's am_await slot (no method lookup). */
+    static PyObject *aiokprod_await_iter(PyObject *o) {
+        PyTypeObject *tp = Py_TYPE(o);
+        if (tp->tp_as_async == NULL || tp->tp_as_async->am_await == NULL) {
+            PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression", tp->tp_name);
+            return NULL;
+        }
+        return tp->tp_as_async->am_await(o);
+    }
+
+    typedef int (*aiokprod_ready_step_t)(PyObject *, PyObject *, PyObject **);
+    static aiokprod_ready_step_t aiokprod_ready_step = NULL;
+
+    /* am_send: PYGEN_NEXT to yield *result, PYGEN_RETURN to return it, PYGEN_ERROR with an exception set. */
+    static PySendResult aiokprod_ready_am_send(PyObject *self, PyObject *arg, PyObject **result) {
+        int step;
+        *result = NULL;
+        step = aiokprod_ready_step(self, arg, result);
+        if (step < 0) {
+            *result = NULL;
+            return PYGEN_ERROR;
+        }
+        return step == 0 ? PYGEN_NEXT : PYGEN_RETURN;
+    }
+
+    static int aiokprod_install_ready_am_send(PyTypeObject *type, aiokprod_ready_step_t step) {
+        if (type->tp_as_async == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "_Ready has no async slots to install am_send in");
+            return -1;
+        }
+        aiokprod_ready_step = step;
+        ((PyAsyncMethods *)type->tp_as_async)->am_send = aiokprod_ready_am_send;
+        PyType_Modified(type);
+        return 0;
+    }
+    """
+    ctypedef enum PySendResult:
+        PYGEN_RETURN
+        PYGEN_ERROR
+        PYGEN_NEXT
+    PySendResult PyIter_Send(object iter, object arg, PyObject** presult)
+    object aiokprod_await_iter(object o)
+    ctypedef int (*aiokprod_ready_step_t)(object, PyObject*, PyObject**) except -1
+    int aiokprod_install_ready_am_send(type cls, aiokprod_ready_step_t step) except -1
+
+
+def _mark_coroutine_function(function):
+    """Mark ``function`` (a send entry: it returns a coroutine without being ``async def``) as a coroutine
+    function for code that dispatches on that (Starlette's BackgroundTasks, for one, would otherwise call
+    ``producer.send`` in a worker thread): ``asyncio.iscoroutinefunction`` on every version, and
+    ``inspect.iscoroutinefunction`` from 3.12 (``inspect.markcoroutinefunction``). A bound method passes its
+    function's attributes on, so ``producer.send`` carries the marks. (Same as the Python twin's.)"""
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        mark(function)
+    marker = getattr(asyncio.coroutines, "_is_coroutine", None)  # what asyncio.iscoroutinefunction looks for
+    if marker is not None:
+        function._is_coroutine = marker
+
+
+aiokprod_install_ready_am_send(_Ready, <aiokprod_ready_step_t>_ready_step)
+_Coroutine.register(_Ready)
+_mark_coroutine_function(RecordAppender.send)
+_mark_coroutine_function(RecordAppender.send_and_wait)

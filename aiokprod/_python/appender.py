@@ -3,15 +3,20 @@
 Same names, signatures and results as the compiled twin; read its module docstring for the design: the
 per-topic partition count, sticky state (the one copy, shared with ``DefaultPartitioner``) and open batches
 (maintained by ``RecordAccumulator``), and the rule that :meth:`RecordAppender.append` either appends to the
-open batch and returns the handle, or returns None having changed nothing. ``tests/test_appender.py`` runs
-both twins through the same tests and against ``send()``'s general path.
+open batch and returns the handle, or returns None having changed nothing (but for marking a full batch
+refused); and the send entries that ARE ``producer.send``/``send_and_wait``. ``tests/test_appender.py`` runs
+both twins through the same tests and against ``send()``'s general path; ``tests/test_send_entry.py`` the
+send entries.
 """
 from __future__ import annotations
 
+import asyncio
+import inspect
 import random
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from time import time as _time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from aiokprod.codec import (
     BATCH_HEADER_SIZE,
@@ -23,6 +28,9 @@ from aiokprod.codec import (
 
 if TYPE_CHECKING:
     from aiokprod.handle import BatchCompletion, DeliveryHandle
+    from aiokprod.metadata import RecordMetadata
+
+_T = TypeVar("_T")
 
 __all__ = ["RecordAppender"]
 
@@ -45,13 +53,15 @@ def _length_varint_size(n: int) -> int:
 
 
 class _OpenBatch:
-    __slots__ = ("batches", "batch", "builder", "completion")
+    __slots__ = ("batches", "batch", "builder", "completion", "refused")
 
     def __init__(self, batches: Any, batch: Any) -> None:
         self.batches = batches
         self.batch = batch
         self.builder: RecordBatchBuilder = batch.builder
         self.completion: BatchCompletion = batch.completion
+        # A record did not fit: no record goes in by the fast path until the general path closed the batch.
+        self.refused = False
 
 
 class _Topic:
@@ -69,7 +79,7 @@ class RecordAppender:
     """The per-producer fast path of ``send()``; also the sticky partitioner's state."""
 
     __slots__ = ("enabled", "own_partitioner", "batch_size", "_metadata", "_waiters", "_max_record_size",
-                 "_topics", "_randrange")
+                 "_topics", "_randrange", "_general_send", "_general_send_and_wait")
 
     def __init__(self, batch_size: int = 16384, rng: random.Random | None = None) -> None:
         self.batch_size = batch_size
@@ -80,6 +90,8 @@ class RecordAppender:
         self._max_record_size = 0
         self._topics: dict[str, _Topic] = {}
         self._randrange = (random.Random() if rng is None else rng).randrange
+        self._general_send: Callable[..., Coroutine[Any, Any, DeliveryHandle]] | None = None
+        self._general_send_and_wait: Callable[..., Coroutine[Any, Any, RecordMetadata]] | None = None
 
     def bind(self, metadata: dict[str, Any], waiters: Sequence[Any], max_record_size: int,
              own_partitioner: bool) -> None:
@@ -145,7 +157,7 @@ class RecordAppender:
         if p >= len(open_batches):
             return None
         slot = open_batches[p]
-        if slot is None or self._waiters:
+        if slot is None or self._waiters or slot.refused:
             return None
         batches = slot.batches
         if not batches or batches[-1] is not slot.batch:
@@ -170,6 +182,7 @@ class RecordAppender:
         sticky = partition is None and klen < 0  # only records the sticky partitioner placed count
         before = builder.size_in_bytes if sticky else 0
         if not builder.append(timestamp_ms, key, value, headers):
+            slot.refused = True
             return None
         handle = slot.completion.add(timestamp_ms)
         if sticky and p == state.sticky:
@@ -177,6 +190,29 @@ class RecordAppender:
             if state.sticky_bytes >= self.batch_size:
                 self._switch(state, p, n)
         return handle
+
+    # -- Producer.send / send_and_wait themselves ---------------------------------------------------------
+    def set_general_path(self, send: Callable[..., Coroutine[Any, Any, DeliveryHandle]],
+                         send_and_wait: Callable[..., Coroutine[Any, Any, RecordMetadata]]) -> None:
+        self._general_send = send
+        self._general_send_and_wait = send_and_wait
+
+    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, partition: int | None = None,
+             timestamp_ms: int | None = None, headers: Sequence[tuple[str | bytes, bytes | None]] | None = None,
+             ) -> Coroutine[Any, Any, DeliveryHandle]:
+        handle = self.append(topic, value, key, partition, timestamp_ms, headers)
+        if handle is None:
+            return _general(self._general_send, topic, value, key, partition, timestamp_ms, headers)
+        return _Ready(handle, False)
+
+    def send_and_wait(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                      partition: int | None = None, timestamp_ms: int | None = None,
+                      headers: Sequence[tuple[str | bytes, bytes | None]] | None = None,
+                      ) -> Coroutine[Any, Any, RecordMetadata]:
+        handle = self.append(topic, value, key, partition, timestamp_ms, headers)
+        if handle is None:
+            return _general(self._general_send_and_wait, topic, value, key, partition, timestamp_ms, headers)
+        return _Ready(handle, True)
 
     # -- the sticky partitioner's state (used by DefaultPartitioner) ---------------------------------------
     def sticky_partition(self, topic: str, num_partitions: int) -> int:
@@ -233,3 +269,108 @@ class RecordAppender:
             return None
         slot = state.open[partition]
         return None if slot is None else slot.batch
+
+
+def _mark_coroutine_function(function: Callable[..., Any]) -> None:
+    """Mark ``function`` (the send entries, which return coroutines without being ``async def``) as a
+    coroutine function for those who dispatch on it (Starlette's BackgroundTasks, for one, would otherwise
+    call ``producer.send`` in a worker thread): ``asyncio.iscoroutinefunction`` on every version, and
+    ``inspect.iscoroutinefunction`` from 3.12 (``inspect.markcoroutinefunction``). Bound methods pass the
+    function's attributes on, so ``producer.send`` carries the marks. (Same as the compiled twin's.)"""
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        mark(function)
+    marker = getattr(asyncio.coroutines, "_is_coroutine", None)  # what asyncio.iscoroutinefunction looks for
+    if marker is not None:
+        function._is_coroutine = marker  # type: ignore[attr-defined]
+
+
+def _general(path: Callable[..., Coroutine[Any, Any, _T]] | None, *args: Any) -> Coroutine[Any, Any, _T]:
+    if path is None:
+        raise RuntimeError("RecordAppender.send()/send_and_wait() before set_general_path()")
+    return path(*args)
+
+
+class _Ready(Coroutine[Any, Any, Any]):
+    """What send() / send_and_wait() return when the fast path appended the record (the compiled twin's
+    ``_Ready`` says why): a coroutine that returns the handle (send) or awaits it (send_and_wait); warns
+    when never awaited, as a coroutine does, though its record was appended."""
+
+    __slots__ = ("_handle", "_inner", "_wait", "_started")
+
+    def __init__(self, handle: DeliveryHandle, wait: bool) -> None:
+        self._handle: DeliveryHandle | None = handle
+        self._inner: Generator[Any, None, RecordMetadata] | None = None
+        self._wait = wait
+        self._started = False
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if self._handle is not None and not self._started:
+            _warn(f"coroutine {self.__name__!r} was never awaited (its record was appended anyway)",
+                  RuntimeWarning, stacklevel=1)
+
+    @property
+    def __name__(self) -> str:
+        return "Producer.send_and_wait" if self._wait else "Producer.send"
+
+    @property
+    def cr_running(self) -> bool:
+        return False
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self  # type: ignore[return-value]  # an iterator with send/throw/close, as a generator
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def send(self, value: Any) -> Any:
+        handle = self._handle
+        if handle is None:
+            raise RuntimeError("cannot reuse already awaited coroutine")
+        inner = self._inner
+        if not self._started:
+            if value is not None:
+                raise TypeError("can't send non-None value to a just-started coroutine")
+            self._started = True
+            if not self._wait:
+                self._handle = None
+                raise StopIteration(handle)
+            inner = self._inner = handle.__await__()
+        try:
+            # Started send_and_wait's: waiting on the handle (send's finished at its first step).
+            return cast("Generator[Any, None, RecordMetadata]", inner).send(value)
+        except BaseException:
+            self._finish()
+            raise
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        inner = self._inner
+        if inner is not None:
+            try:
+                return inner.throw(typ, val, tb)
+            except BaseException:
+                self._finish()
+                raise
+        self._finish()
+        if val is None:
+            val = typ() if isinstance(typ, type) else typ
+        elif not isinstance(val, BaseException):
+            val = typ(val)
+        if tb is not None:
+            val = val.with_traceback(tb)
+        raise val
+
+    def close(self) -> None:
+        inner = self._inner
+        self._finish()
+        if inner is not None:
+            inner.close()
+
+    def _finish(self) -> None:
+        self._started = True
+        self._handle = None
+        self._inner = None
+
+
+_mark_coroutine_function(RecordAppender.send)
+_mark_coroutine_function(RecordAppender.send_and_wait)

@@ -96,6 +96,8 @@ def decode_response_header(frame: Buf, header_version: int) -> tuple[int, int]:
     (correlation_id,) = _I32.unpack_from(frame, 0)
     pos = 4
     if header_version >= 1:
+        if len(frame) > 4 and frame[4] == 0:
+            return correlation_id, 5  # no tagged fields: the usual header v1
         n, pos = read_tag_count(frame, pos)
         for _ in range(n):
             _tag, _start, pos = read_tag_header(frame, pos)

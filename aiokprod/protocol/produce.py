@@ -34,6 +34,34 @@ _FIRST_FLEXIBLE = 9
 
 _pack_i16_i32 = struct.Struct(">hi").pack
 _pack_i32 = struct.Struct(">i").pack
+_pack_i32_i32 = struct.Struct(">ii").pack
+# size (patched at the end), api_key, api_version, correlation_id: the start of every request frame.
+_pack_frame_start = struct.Struct(">ihhi").pack
+
+# What follows the correlation id up to the topics array (client_id, tagged fields, transactional_id, acks,
+# timeout_ms) is the same for every request of a producer: built once per combination, not per request.
+_PREFIX_TAILS: dict[tuple[int, str | None, str | None, int, int], bytes] = {}
+
+
+def _prefix_tail(api_version: int, client_id: str | None, transactional_id: str | None, acks: int,
+                 timeout_ms: int) -> bytes:
+    key = (api_version, client_id, transactional_id, acks, timeout_ms)
+    tail = _PREFIX_TAILS.get(key)
+    if tail is None:
+        flex = api_version >= _FIRST_FLEXIBLE
+        out = bytearray()
+        encode_request_header(out, PRODUCE_API_KEY, api_version, 0, client_id, 2 if flex else 1)
+        del out[:8]  # api_key, api_version, correlation_id: written per request
+        if flex:
+            write_compact_string(out, transactional_id)
+        else:
+            write_string(out, transactional_id)
+        out += _pack_i16_i32(acks, timeout_ms)
+        tail = bytes(out)
+        if len(_PREFIX_TAILS) >= 64:  # a few producers' worth; never grows without bound
+            _PREFIX_TAILS.clear()
+        _PREFIX_TAILS[key] = tail
+    return tail
 
 
 def encode_produce_request(api_version: int, correlation_id: int, client_id: str | None,
@@ -55,16 +83,11 @@ def encode_produce_request(api_version: int, correlation_id: int, client_id: str
     pieces: list[bytearray | memoryview] = []
     total = 0  # bytes after the size prefix
     # `cur` collects framing bytes until the next batch; the size prefix is patched in at the end.
-    cur = bytearray(b"\0\0\0\0")
-    encode_request_header(cur, PRODUCE_API_KEY, api_version, correlation_id, client_id,
-                          2 if flex else 1)
+    cur = bytearray(_pack_frame_start(0, PRODUCE_API_KEY, api_version, correlation_id))
+    cur += _prefix_tail(api_version, client_id, transactional_id, acks, timeout_ms)
     if flex:
-        write_compact_string(cur, transactional_id)
-        cur += _pack_i16_i32(acks, timeout_ms)
         write_uvarint(cur, len(topics) + 1)
     else:
-        write_string(cur, transactional_id)
-        cur += _pack_i16_i32(acks, timeout_ms)
         cur += _pack_i32(len(topics))
     for name, partitions in topics:
         if flex:
@@ -74,8 +97,8 @@ def encode_produce_request(api_version: int, correlation_id: int, client_id: str
             write_string(cur, name)
             cur += _pack_i32(len(partitions))
         for index, batch in partitions:
-            cur += _pack_i32(index)
             if batch is None:
+                cur += _pack_i32(index)
                 cur += b"\0" if flex else b"\xff\xff\xff\xff"
                 if flex:
                     cur.append(0)  # partition's tagged fields
@@ -83,9 +106,10 @@ def encode_produce_request(api_version: int, correlation_id: int, client_id: str
             view = batch if isinstance(batch, memoryview) else memoryview(batch)
             size = view.nbytes
             if flex:
+                cur += _pack_i32(index)
                 write_uvarint(cur, size + 1)
             else:
-                cur += _pack_i32(size)
+                cur += _pack_i32_i32(index, size)
             pieces.append(cur)
             total += len(cur)
             pieces.append(view)
