@@ -447,6 +447,139 @@ async def test_callback_added_after_done_is_scheduled(hm):
     assert ran == [h, completion]
 
 
+async def test_callbacks_added_to_done_handles_share_one_loop_callback(hm):
+    """gather() over handles that are done already: their callbacks wait in one queue run by ONE loop
+    callback, in the order they were added (across handles and batches), none inside add_done_callback."""
+    counting = CountingLoop(asyncio.get_running_loop())
+    first, second = hm.BatchCompletion(counting, "t", 0), hm.BatchCompletion(counting, "t", 1)
+    a = [first.add(i) for i in range(3)]
+    b = [second.add(i) for i in range(3)]
+    first.resolve(0)
+    second.resolve(10)
+    assert len(counting.scheduled) == 1  # batches settled in one loop iteration: one loop callback
+    await _turn()
+    assert first.done and second.done
+    ran = []
+    for h in (b[2], a[0], b[0], a[2], a[0]):
+        h.add_done_callback(lambda fut: ran.append((fut.completion.partition, fut.index)))
+    assert ran == [] and len(counting.scheduled) == 2  # one loop callback for the five
+    await _turn()
+    assert ran == [(1, 2), (0, 0), (1, 0), (0, 2), (0, 0)]
+    assert len(counting.scheduled) == 2
+
+
+async def test_late_callbacks_keep_context_errors_and_loop_turns(hm):
+    """Each late callback runs in its own context, an error goes to the loop's exception handler and the
+    next one still runs, and a callback added while the queue runs waits for the next loop iteration."""
+    loop = asyncio.get_running_loop()
+    var = contextvars.ContextVar("var", default="unset")
+    completion, handles = _batch(hm, loop, n=3)
+    completion.resolve(0)
+    await _turn()
+    reported, ran = [], []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda lp, ctx: reported.append(ctx))
+
+    def broken(fut):
+        raise ValueError("bad late callback")
+
+    def record(fut):
+        ran.append((fut.index, var.get()))
+        var.set("changed")  # must reach neither the registering context nor the next callback
+        if fut.index == 1:
+            handles[2].add_done_callback(record)  # added while the queue runs: the next turn
+
+    try:
+        token = var.set("captured")
+        handles[0].add_done_callback(record)
+        var.reset(token)
+        handles[0].add_done_callback(broken)
+        explicit = contextvars.copy_context()
+        explicit.run(var.set, "explicit")
+        handles[1].add_done_callback(record, context=explicit)
+        handles[1].add_done_callback(record)
+        await _turn()
+        assert ran == [(0, "captured"), (1, "explicit"), (1, "unset")]
+        await _turn()
+        # Each of the two callbacks on handles[1] added one, from its own context (where var is "changed").
+        assert ran == [(0, "captured"), (1, "explicit"), (1, "unset"), (2, "changed"), (2, "changed")]
+    finally:
+        loop.set_exception_handler(previous)
+    assert var.get() == "unset" and explicit[var] == "changed"
+    assert [(type(ctx["exception"]), str(ctx["exception"]), ctx["handle"]) for ctx in reported] == [
+        (ValueError, "bad late callback", handles[0])]
+
+
+async def test_late_callbacks_of_two_loops_keep_their_order_and_loop(hm):
+    """A callback for another loop opens that loop's own queue; the order of addition still holds."""
+    real = asyncio.get_running_loop()
+    one, two = CountingLoop(real), CountingLoop(real)
+    c1, (h1,) = _batch(hm, one, n=1)
+    c2, (h2,) = _batch(hm, two, n=1)
+    c1.resolve(0)
+    c2.resolve(0)
+    await _turn()
+    ran = []
+    for h in (h1, h2, h1):
+        h.add_done_callback(lambda fut: ran.append(fut.completion))
+    # Besides each batch's own: two queues on the first loop (h2's queue closed h1's), one on the second.
+    assert [len(one.scheduled), len(two.scheduled)] == [1 + 2, 1 + 1]
+    await _turn()
+    assert ran == [c1, c2, c1]
+
+
+async def test_system_exit_in_a_late_callback_does_not_lose_the_others(hm):
+    completion, handles = _batch(hm, asyncio.get_running_loop(), n=2)
+    completion.resolve(0)
+    await _turn()
+    ran = []
+
+    def stop(fut):
+        raise SystemExit(3)
+
+    real = asyncio.get_running_loop()
+    counting = CountingLoop(real)
+    late_completion, (late,) = _batch(hm, counting, n=1)
+    late_completion.resolve(0)
+    late_completion._run()  # done now, without a loop turn
+    late.add_done_callback(stop)
+    late.add_done_callback(lambda fut: ran.append("after stop"))
+    queue_run = counting.scheduled[-1]  # the queue's loop callback: run by hand, SystemExit would end the loop
+    with pytest.raises(SystemExit):
+        queue_run()
+    assert ran == []
+    await _turn()
+    await _turn()
+    assert ran == ["after stop"]
+
+
+async def test_cancel_schedules_callbacks_through_the_late_queue(hm):
+    counting = CountingLoop(asyncio.get_running_loop())
+    completion, handles = _batch(hm, counting, n=3)
+    ran = []
+    for h in handles:
+        h.add_done_callback(lambda fut: ran.append((fut.index, fut.cancelled())))
+    handles[1].add_done_callback(lambda fut: ran.append(("second", fut.index)))
+    handles[2].cancel()
+    handles[1].cancel()
+    assert ran == [] and len(counting.scheduled) == 1
+    assert handles[1].remove_done_callback(lambda fut: None) == 0
+    completion.resolve(0)
+    await _turn()
+    assert ran == [(2, True), (1, True), ("second", 1), (0, False)]
+
+
+async def test_result_twice_gives_the_same_object(hm):
+    """A Task's wakeup calls result() and then its await does: the second call builds nothing new."""
+    completion, handles = _batch(hm, asyncio.get_running_loop(), n=2)
+    completion.resolve(5)
+    await _turn()
+    first = handles[1].result()
+    assert handles[1].result() is first
+    assert handles[0].result() == RecordMetadata("t", 2, 5, 1000)
+    assert handles[1].result() == first == RecordMetadata("t", 2, 6, 1001)
+
+
 async def test_remove_done_callback(hm):
     completion, (h,) = _batch(hm, asyncio.get_running_loop(), n=1)
     ran = []
@@ -629,6 +762,27 @@ async def test_native_handle_is_tracked_by_the_gc_only_while_it_holds_callbacks(
     await _turn()
     assert not gc.is_tracked(awaited)  # its callback ran and was dropped
     assert [plain.result().offset, awaited.result().offset] == [0, 1]
+
+
+async def test_native_results_of_one_millisecond_share_the_timestamp_int():
+    if _impl.NO_EXTENSIONS:
+        pytest.skip("AIOKPROD_NO_EXTENSIONS=1")
+    hm = _twin("native")
+    completion = hm.BatchCompletion(asyncio.get_running_loop(), "t", 0)
+    stamps = [int(text) for text in ("1700000000000", "1700000000000", "1700000000001", "1700000000000")]
+    handles = [completion.add(ts) for ts in stamps]
+    completion.resolve(7)
+    await _turn()
+    results = [h.result() for h in handles]
+    assert [tuple(r) for r in results] == [("t", 0, 7 + i, ts) for i, ts in enumerate(stamps)]
+    assert results[0].timestamp is results[1].timestamp  # one int for a run of equal timestamps
+    appended = hm.BatchCompletion(asyncio.get_running_loop(), "t", 0)
+    handles = [appended.add(ts) for ts in stamps]
+    appended.resolve(0, 1700000000999)  # LogAppendTime: one timestamp for the whole batch
+    await _turn()
+    results = [h.result() for h in handles]
+    assert {r.timestamp for r in results} == {1700000000999}
+    assert all(r.timestamp is results[0].timestamp for r in results)
 
 
 # ---- both twins ------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ index; it is never stored per handle.
 Life of a batch::
 
     add() x N          state PENDING    handles not done; add_done_callback() queues on the handle
-    resolve() / fail() state SETTLED    outcome stored, ONE loop.call_soon(self._run) scheduled
+    resolve() / fail() state SETTLED    outcome stored, _run queued (ONE loop.call_soon for the batches
+                                        settled in one loop iteration, see _LateCallbacks)
     loop runs _run     state DONE       handles report done(); batch callbacks, then every waiting
                                         handle's callbacks, in record order, each in its own context
 
@@ -81,43 +82,35 @@ cdef object _capture_context():
     return PyContext_CopyCurrent()
 
 
-cdef inline object _context_for_call(object context):
-    """The context to hand to loop.call_soon for a stored one."""
-    return PyContext_New() if context is _EMPTY_CONTEXT else context
 
 
 cdef extern from *:
     """
     /* A RecordMetadata (a tuple subclass of 4 items, no __dict__) filled in place. */
     static PyObject *aiokprod_metadata_new(PyObject *type, PyObject *topic, PyObject *partition,
-                                           long long offset, long long timestamp) {
+                                           long long offset, PyObject *timestamp) {
         PyTypeObject *tp = (PyTypeObject *)type;
-        PyObject *o, *off, *ts;
+        PyObject *o, *off;
         off = PyLong_FromLongLong(offset);
         if (off == NULL)
             return NULL;
-        ts = PyLong_FromLongLong(timestamp);
-        if (ts == NULL) {
-            Py_DECREF(off);
-            return NULL;
-        }
         o = tp->tp_alloc(tp, 4);
         if (o == NULL) {
             Py_DECREF(off);
-            Py_DECREF(ts);
             return NULL;
         }
         Py_INCREF(topic);
         Py_INCREF(partition);
+        Py_INCREF(timestamp);
         PyTuple_SET_ITEM(o, 0, topic);
         PyTuple_SET_ITEM(o, 1, partition);
         PyTuple_SET_ITEM(o, 2, off);
-        PyTuple_SET_ITEM(o, 3, ts);
+        PyTuple_SET_ITEM(o, 3, timestamp);
         return o;
     }
     """
     object aiokprod_metadata_new(object type, object topic, object partition, long long offset,
-                                 long long timestamp)
+                                 object timestamp)
 
 
 cdef enum:
@@ -156,6 +149,85 @@ cdef int _run_callback(object loop, object fn, object context, object arg) excep
             "exception": exc,
             "handle": arg,
         })
+    return 0
+
+
+@cython.final
+cdef class _LateCallbacks:
+    """Callbacks of handles that were already done (or cancelled) when they were added, and the loop
+    callbacks of settled batches, run from ONE loop callback instead of one ``loop.call_soon`` each.
+
+    Why: ``asyncio.gather(*handles)`` adds a callback to every handle, most of them done already when the
+    records were sent while the caller was still appending; a call_soon each is an asyncio.Handle, a
+    context copy and a Python-level Handle._run per record. Here a record costs three list slots. The
+    batches one ProduceResponse settles (one per partition) share the queue the same way.
+
+    Same guarantees as a call_soon each: nothing runs inside add_done_callback(); callbacks run in the
+    order they were added (across handles too: one queue per loop); each in its own context; an exception
+    goes to the loop's exception handler and the next callback still runs; a callback added while the
+    queue runs waits for the next loop iteration (the running queue is closed: a new one is scheduled).
+    """
+
+    cdef object loop
+    # fn, context, handle, fn, context, handle, ...: no tuple per callback.
+    cdef list _items
+    # Where _run() resumes if a callback raised SystemExit/KeyboardInterrupt out of it.
+    cdef Py_ssize_t _cursor
+
+    def _run(self):
+        global _late
+        cdef list items = self._items
+        cdef Py_ssize_t i
+        if _late is self:
+            _late = None  # closed: what is added from now on runs on the next loop iteration
+        try:
+            while self._cursor < len(items):
+                i = self._cursor
+                self._cursor = i + 3
+                if items[i] is None:  # a settled batch (BatchCompletion._settle)
+                    _complete_in(items[i + 1], <BatchCompletion>items[i + 2])
+                else:
+                    _run_callback(self.loop, items[i], items[i + 1], items[i + 2])
+        except BaseException:
+            # Only SystemExit/KeyboardInterrupt get here: the rest runs on a later loop turn.
+            self.loop.call_soon(self._run)
+            raise
+        self._items = None
+
+
+# The open queue of late callbacks (see _LateCallbacks), or None. Only one is open at a time: a callback for
+# another loop opens that loop's own queue (the first one still runs, from its own loop).
+cdef _LateCallbacks _late = None
+
+
+cdef int _schedule_late(object loop, object fn, object context, object handle) except -1:
+    """Have ``fn(handle)`` called from the loop soon, in ``context`` (a stored one: _EMPTY_CONTEXT or a
+    context object), after every late callback scheduled before it. ``fn`` None: ``handle`` is a settled
+    BatchCompletion, whose _run is due."""
+    global _late
+    cdef _LateCallbacks late = _late
+    if late is None or late.loop is not loop:
+        late = _LateCallbacks.__new__(_LateCallbacks)
+        late.loop = loop
+        late._items = []
+        loop.call_soon(late._run)  # raises for a closed loop: then nothing was queued
+        _late = late
+    late._items.append(fn)
+    late._items.append(context)
+    late._items.append(handle)
+    return 0
+
+
+cdef int _complete_in(object context, BatchCompletion completion) except -1:
+    """A settled batch's turn in the queue: its _run(), in the context it was settled in (what its own
+    call_soon would have given it)."""
+    if context is _EMPTY_CONTEXT:
+        context = PyContext_New()
+    PyContext_Enter(context)
+    try:
+        completion._complete()
+    finally:
+        PyContext_Exit(context)
     return 0
 
 
@@ -198,6 +270,16 @@ cdef class BatchCompletion:
     cdef Py_ssize_t _waiter_cursor
     # True from fail() until someone sees the error (see the module docstring): logged at finalization.
     cdef public bint log_unretrieved
+    # The last RecordMetadata built, and its index: a Task awaiting a handle calls result() twice (its
+    # wakeup calls it to see whether the handle failed, then the coroutine's await takes the value), so
+    # the second call returns the same object instead of building another (as asyncio.Future does).
+    cdef Py_ssize_t _last_index
+    cdef object _last_metadata
+    # The int object of the last timestamp put in a RecordMetadata: the records of a batch mostly share
+    # their millisecond (all of them do with LogAppendTime), so gathering a batch's results makes one
+    # int for the timestamps instead of one each.
+    cdef int64_t _timestamp_value
+    cdef object _timestamp_object
 
     def __cinit__(self, loop, str topic, partition):
         self.loop = loop
@@ -210,6 +292,7 @@ cdef class BatchCompletion:
         self._base_offset = -1
         self._log_append_time = -1
         self._last_waiter_index = -1
+        self._last_index = -1
 
     def __del__(self):
         if self.log_unretrieved and self._exc is not None:
@@ -298,17 +381,25 @@ cdef class BatchCompletion:
     cdef object _metadata(self, Py_ssize_t index):
         cdef int64_t offset = -1
         cdef int64_t timestamp = self._log_append_time
+        if index == self._last_index:
+            return self._last_metadata
         if self._base_offset != -1:  # -1: acks=0, the broker told us no offset
             offset = self._base_offset + index
         if timestamp == -1:  # -1: CreateTime topic, the record keeps its own timestamp
             timestamp = self._timestamps[index]
         # What tuple.__new__(RecordMetadata, (topic, partition, offset, timestamp)) builds, without the
         # argument tuple, the call and the copy.
-        metadata = aiokprod_metadata_new(_RecordMetadata, self.topic, self.partition, offset, timestamp)
+        if self._timestamp_object is None or timestamp != self._timestamp_value:
+            self._timestamp_object = timestamp
+            self._timestamp_value = timestamp
+        metadata = aiokprod_metadata_new(_RecordMetadata, self.topic, self.partition, offset,
+                                         self._timestamp_object)
         if type(self.partition) is int:
             # A str and ints in an immutable tuple with no __dict__: it can be on no reference cycle, but
             # the collector only untracks exact tuples by itself, and gathering N handles keeps N of these.
             PyObject_GC_UnTrack(metadata)
+        self._last_metadata = metadata
+        self._last_index = index
         return metadata
 
     def add_batch_callback(self, fn):
@@ -354,7 +445,9 @@ cdef class BatchCompletion:
 
     cdef int _settle(self) except -1:
         self._state = _SETTLED
-        self.loop.call_soon(self._run)
+        # The batch's loop callback (_run), queued with the loop's other late callbacks (_LateCallbacks):
+        # the batches of one response then cost one call_soon, not one each.
+        _schedule_late(self.loop, None, _capture_context(), self)
         return 0
 
     cdef int _register(self, DeliveryHandle handle) except -1:
@@ -369,6 +462,9 @@ cdef class BatchCompletion:
 
     def _run(self):
         """The batch's single loop callback: mark done, run batch callbacks, then handle callbacks."""
+        self._complete()
+
+    cdef int _complete(self) except -1:
         cdef object loop = self.loop
         cdef list callbacks
         cdef list waiters
@@ -392,7 +488,7 @@ cdef class BatchCompletion:
                 while self._waiter_cursor < len(waiters):
                     handle = <DeliveryHandle>waiters[self._waiter_cursor]
                     self._waiter_cursor += 1
-                    handle._fire(loop)
+                    _handle_fire(handle, loop)
                 # Drops the completion -> handle references (the only cycle this design has).
                 self._waiters = None
         except BaseException:
@@ -400,6 +496,7 @@ cdef class BatchCompletion:
             # asyncio leaves the rest of its ready queue for when the loop runs again.
             loop.call_soon(self._run)
             raise
+        return 0
 
 
 @cython.final
@@ -419,20 +516,22 @@ cdef class DeliveryHandle:
     cancelling drops the callbacks and the tracking with them.
     """
 
+    # 64 bytes (80 with the collector's header, one pymalloc size class): await-each keeps one per record
+    # alive until gather() returns, so every field counts. Flags are single bytes; the cancel message
+    # reuses _ctx0, which a cancelled handle no longer needs (its callbacks were scheduled by cancel(),
+    # and later ones go straight to the loop).
     cdef BatchCompletion _completion
     cdef Py_ssize_t _index
-    # asyncio's protocol flag: __await__ sets it before yielding the handle, the Task checks it and resets
-    # it. A C field (the class attribute is its descriptor; hasattr(cls, ...) holds, so isfuture() is
-    # True) because a per-instance __dict__ would cost every handle.
-    cdef public bint _asyncio_future_blocking
-    cdef bint _cancelled
-    cdef bint _registered
+    # asyncio's protocol flag (property _asyncio_future_blocking below): __await__ sets it before yielding
+    # the handle, the Task checks it and resets it.
+    cdef unsigned char _blocking
+    cdef unsigned char _cancelled
+    cdef unsigned char _registered
     # The first callback lives in two fields (the common case: one awaiting Task or one gather), the
-    # rest in a list of (fn, context). _cb0 is always the oldest.
+    # rest in a list of (fn, context). _cb0 is always the oldest. Cancelled: _ctx0 is the cancel message.
     cdef object _cb0
     cdef object _ctx0
     cdef list _more
-    cdef readonly object _cancel_message
 
     def __init__(self, BatchCompletion completion, Py_ssize_t index):
         # Only for symmetry with the Python twin: BatchCompletion.add() makes handles without __init__.
@@ -440,8 +539,23 @@ cdef class DeliveryHandle:
             raise IndexError("record index out of range")
         self._completion = completion
         self._index = index
-        if self._cb0 is None and self._cancel_message is None:
+        if self._cb0 is None and self._ctx0 is None:
             _untrack(self)
+
+    @property
+    def _asyncio_future_blocking(self):
+        # A C field behind a descriptor (hasattr(cls, ...) holds, so isfuture() is True): a per-instance
+        # __dict__ would cost every handle.
+        return <bint>self._blocking
+
+    @_asyncio_future_blocking.setter
+    def _asyncio_future_blocking(self, value):
+        self._blocking = bool(value)
+
+    @property
+    def _cancel_message(self):
+        # What cancel(msg) was given (asyncio.gather reads it for the CancelledError it builds).
+        return self._ctx0 if self._cancelled else None
 
     def __repr__(self):
         cdef BatchCompletion c = self._completion
@@ -466,73 +580,26 @@ cdef class DeliveryHandle:
         return self._cancelled
 
     def cancel(self, msg=None):
-        """Detach this awaiter: the handle turns cancelled and its callbacks are scheduled (one call_soon
-        each, as asyncio.Future.cancel does). The record itself is still delivered."""
+        """Detach this awaiter: the handle turns cancelled and its callbacks are scheduled (as
+        asyncio.Future.cancel does; through the loop's queue of late callbacks, see _LateCallbacks). The
+        record itself is still delivered."""
         if self._cancelled or self._completion._state == _DONE:
             return False
         self._cancelled = True
-        self._cancel_message = msg
+        _handle_schedule_callbacks(self)  # empties _cb0/_ctx0/_more and untracks
         if msg is not None:
+            self._ctx0 = msg  # _cancel_message
             _track(self)  # the message may lead back here
-        self._schedule_callbacks()
         return True
-
-    cdef int _schedule_callbacks(self) except -1:
-        cdef object loop = self._completion.loop
-        cdef object fn = self._cb0
-        cdef list more = self._more
-        cdef object context
-        if fn is None:
-            return 0
-        context = self._ctx0
-        self._cb0 = self._ctx0 = self._more = None
-        if self._cancel_message is None:
-            _untrack(self)
-        loop.call_soon(fn, self, context=_context_for_call(context))
-        if more is not None:
-            for fn, context in more:
-                loop.call_soon(fn, self, context=_context_for_call(context))
-        return 0
-
-    cdef int _fire(self, object loop) except -1:
-        """Run this handle's callbacks now (from the batch's loop callback)."""
-        cdef object fn = self._cb0
-        cdef object context
-        cdef list more
-        cdef Py_ssize_t i = 0
-        if fn is None:  # no callbacks left, or cancelled (its callbacks were scheduled by cancel())
-            return 0
-        context = self._ctx0
-        more = self._more
-        # Detach first: a callback that calls remove_done_callback()/add_done_callback() on this handle
-        # sees a done handle with no pending callbacks, as with asyncio.Future.
-        self._cb0 = self._ctx0 = self._more = None
-        _untrack(self)  # not cancelled (then _cb0 would be None): no message either
-        try:
-            _run_callback(loop, fn, context, self)
-            if more is not None:
-                while i < len(more):
-                    fn, context = more[i]
-                    i += 1
-                    _run_callback(loop, fn, context, self)
-        except BaseException:
-            # SystemExit/KeyboardInterrupt: schedule this handle's remaining callbacks before leaving.
-            if more is not None:
-                while i < len(more):
-                    fn, context = more[i]
-                    i += 1
-                    loop.call_soon(fn, self, context=_context_for_call(context))
-            raise
-        return 0
 
     def add_done_callback(self, fn, *, context=None):
         """Call ``fn(handle)`` when the handle is done, in ``context`` (default: a copy of the current
         context, as asyncio does)."""
-        if self._cancelled or self._completion._state == _DONE:
-            self._completion.loop.call_soon(fn, self, context=context)  # None: call_soon copies it
-            return
         if context is None:
             context = _capture_context()
+        if self._cancelled or self._completion._state == _DONE:
+            _schedule_late(self._completion.loop, fn, context, self)
+            return
         if self._cb0 is None:
             _track(self)  # fn may lead back to this handle: the collector must see the cycle
             self._cb0 = fn
@@ -566,7 +633,8 @@ cdef class DeliveryHandle:
 
     def _make_cancelled_error(self):
         # asyncio.gather() calls this on a cancelled child; same message convention as asyncio.Future.
-        return CancelledError("" if self._cancel_message is None else self._cancel_message)
+        cdef object msg = self._ctx0 if self._cancelled else None
+        return CancelledError("" if msg is None else msg)
 
     def result(self):
         """The record's RecordMetadata; raises the delivery error, CancelledError if this handle was
@@ -603,6 +671,57 @@ cdef class DeliveryHandle:
     def __iter__(self):
         # ``yield from handle`` in old-style generator coroutines, as asyncio.Future allows.
         return self.__await__()
+
+
+cdef int _handle_schedule_callbacks(DeliveryHandle self) except -1:
+    """cancel(): hand the handle's callbacks to the loop (module-level, as _handle_fire: a cdef method
+    would give every handle a vtable pointer)."""
+    cdef object loop = self._completion.loop
+    cdef object fn = self._cb0
+    cdef list more = self._more
+    cdef object context
+    if fn is None:
+        return 0
+    context = self._ctx0
+    self._cb0 = self._ctx0 = self._more = None
+    _untrack(self)
+    _schedule_late(loop, fn, context, self)
+    if more is not None:
+        for fn, context in more:
+            _schedule_late(loop, fn, context, self)
+    return 0
+
+
+cdef int _handle_fire(DeliveryHandle self, object loop) except -1:
+    """Run this handle's callbacks now (from the batch's loop callback)."""
+    cdef object fn = self._cb0
+    cdef object context
+    cdef list more
+    cdef Py_ssize_t i = 0
+    if fn is None:  # no callbacks left, or cancelled (its callbacks were scheduled by cancel())
+        return 0
+    context = self._ctx0
+    more = self._more
+    # Detach first: a callback that calls remove_done_callback()/add_done_callback() on this handle
+    # sees a done handle with no pending callbacks, as with asyncio.Future.
+    self._cb0 = self._ctx0 = self._more = None
+    _untrack(self)  # not cancelled (then _cb0 would be None): no message either
+    try:
+        _run_callback(loop, fn, context, self)
+        if more is not None:
+            while i < len(more):
+                fn, context = more[i]
+                i += 1
+                _run_callback(loop, fn, context, self)
+    except BaseException:
+        # SystemExit/KeyboardInterrupt: schedule this handle's remaining callbacks before leaving.
+        if more is not None:
+            while i < len(more):
+                fn, context = more[i]
+                i += 1
+                _schedule_late(loop, fn, context, self)
+        raise
+    return 0
 
 
 cdef inline int _track(DeliveryHandle handle) except -1:
@@ -685,7 +804,7 @@ cdef int _await_step(_HandleAwait self, PyObject** out) except -1:
     elif not (handle._cancelled or handle._completion._state == _DONE):
         if not self._yielded:
             self._yielded = True
-            handle._asyncio_future_blocking = True
+            handle._blocking = True
             Py_INCREF(handle)
             out[0] = <PyObject*>handle
             return 0

@@ -1,9 +1,9 @@
 """Per-record delivery handles and the per-batch completion that settles them (pure-Python twin).
 
 Same names and behaviour as ``aiokprod/_native/handle.pyx``; read its module docstring for the design (one
-outcome per batch, a cheap ``(completion, index)`` handle per record, ONE ``loop.call_soon`` per batch that
-marks the batch done and runs every callback). ``tests/test_handle.py`` runs both twins through the same
-tests.
+outcome per batch, a cheap ``(completion, index)`` handle per record, ONE loop callback per batch that
+marks the batch done and runs every callback; the batches settled in one loop iteration share a call_soon).
+``tests/test_handle.py`` runs both twins through the same tests.
 
 A failed batch whose error nobody retrieved is logged once, when the completion is finalized (see the
 compiled twin's docstring: ``log_unretrieved``, cleared by any handle's ``result()``/``exception()``).
@@ -49,6 +49,58 @@ def _run_callback(loop: Any, fn: Callable[[Any], Any], context: Any, arg: Any) -
         )
 
 
+class _LateCallbacks:
+    """Callbacks of handles that were already done (or cancelled) when they were added, and the loop
+    callbacks of settled batches, run from ONE loop callback instead of a ``loop.call_soon`` each (see the
+    compiled twin's ``_LateCallbacks`` for why and for the guarantees kept: added order across handles,
+    own context each, errors to the loop's handler, what is added while the queue runs waits for the next
+    loop iteration)."""
+
+    __slots__ = ("loop", "_items", "_cursor")
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self._items: list[Any] = []  # fn, context, handle, fn, context, handle, ...
+        self._cursor = 0  # where _run() resumes after a SystemExit/KeyboardInterrupt
+
+    def _run(self) -> None:
+        global _late
+        if _late is self:
+            _late = None  # closed: what is added from now on runs on the next loop iteration
+        items = self._items
+        try:
+            while self._cursor < len(items):
+                i = self._cursor
+                self._cursor = i + 3
+                if items[i] is None:  # a settled batch: its _run, in the context it was settled in
+                    items[i + 1].run(items[i + 2]._run)
+                else:
+                    _run_callback(self.loop, items[i], items[i + 1], items[i + 2])
+        except BaseException:
+            self.loop.call_soon(self._run)  # SystemExit/KeyboardInterrupt: the rest on a later loop turn
+            raise
+        self._items = []  # drops the callbacks and their handles
+
+
+# The open queue of late callbacks, or None (one at a time; another loop's callback opens its own).
+_late: _LateCallbacks | None = None
+
+
+def _schedule_late(loop: Any, fn: Optional[Callable[[Any], Any]], context: Any, handle: Any) -> None:
+    """Have ``fn(handle)`` called from the loop soon, in ``context``, after the late callbacks before it
+    (``fn`` None: ``handle`` is a settled BatchCompletion, whose _run is called)."""
+    global _late
+    late = _late
+    if late is None or late.loop is not loop:
+        late = _LateCallbacks(loop)
+        loop.call_soon(late._run)  # raises for a closed loop: then nothing was queued
+        _late = late
+    items = late._items
+    items.append(fn)
+    items.append(context)
+    items.append(handle)
+
+
 def _report_unretrieved(loop: Any, topic: str, partition: int, count: int, exc: BaseException) -> None:
     """Say once that a failed batch's error was never retrieved (from a finalizer: must not raise)."""
     message = ("%d record(s) for %s-%s failed and the error was never retrieved (await a handle, call its "
@@ -79,6 +131,8 @@ class BatchCompletion:
         "_batch_cursor",
         "_waiter_cursor",
         "log_unretrieved",
+        "_last_index",
+        "_last_metadata",
     )
 
     def __init__(self, loop: Any, topic: str, partition: int) -> None:
@@ -101,6 +155,9 @@ class BatchCompletion:
         self._waiter_cursor = 0
         # True from fail() until someone sees the error: logged when the completion is finalized.
         self.log_unretrieved = False
+        # The last RecordMetadata built and its index (a Task's wakeup and its await both call result()).
+        self._last_index = -1
+        self._last_metadata: Optional[RecordMetadata] = None
 
     def __del__(self) -> None:
         if self.log_unretrieved and self._exc is not None:
@@ -167,13 +224,19 @@ class BatchCompletion:
         return self._metadata(index)
 
     def _metadata(self, index: int) -> RecordMetadata:
+        last = self._last_metadata
+        if index == self._last_index and last is not None:  # a Task's wakeup, then its await: one object
+            return last
         base = self._base_offset
         timestamp = self._log_append_time
         if timestamp == -1:  # CreateTime topic: the record keeps its own timestamp
             timestamp = self._timestamps[index]
         # base -1: acks=0, the broker told us no offset
-        return _tuple_new(RecordMetadata, (self.topic, self.partition, -1 if base == -1 else base + index,
-                                           timestamp))
+        metadata: RecordMetadata = _tuple_new(
+            RecordMetadata, (self.topic, self.partition, -1 if base == -1 else base + index, timestamp))
+        self._last_metadata = metadata
+        self._last_index = index
+        return metadata
 
     def add_batch_callback(self, fn: Callable[[BatchCompletion], Any]) -> None:
         """Call ``fn(completion)`` once, from the batch's loop callback, before the handles' callbacks.
@@ -214,7 +277,8 @@ class BatchCompletion:
 
     def _settle(self) -> None:
         self._state = _SETTLED
-        self.loop.call_soon(self._run)
+        # _run, queued with the loop's other late callbacks: one call_soon for the batches of a response.
+        _schedule_late(self.loop, None, _copy_context(), self)
 
     def _register(self, handle: DeliveryHandle) -> None:
         if self._waiters is None:
@@ -298,8 +362,8 @@ class DeliveryHandle:
         return self._cancelled
 
     def cancel(self, msg: Any = None) -> bool:
-        """Detach this awaiter: the handle turns cancelled and its callbacks are scheduled (one call_soon
-        each, like asyncio.Future.cancel). The record itself is still delivered."""
+        """Detach this awaiter: the handle turns cancelled and its callbacks are scheduled (like
+        asyncio.Future.cancel; through the queue of late callbacks). The record itself is still delivered."""
         if self._cancelled or self._completion._state == _DONE:
             return False
         self._cancelled = True
@@ -309,10 +373,10 @@ class DeliveryHandle:
             loop = self._completion.loop
             context, more = self._ctx0, self._more
             self._cb0 = self._ctx0 = self._more = None
-            loop.call_soon(fn, self, context=context)
+            _schedule_late(loop, fn, context, self)
             if more is not None:
                 for fn, context in more:
-                    loop.call_soon(fn, self, context=context)
+                    _schedule_late(loop, fn, context, self)
         return True
 
     def _fire(self, loop: Any) -> None:
@@ -335,7 +399,7 @@ class DeliveryHandle:
                 while i < len(more):
                     fn, context = more[i]
                     i += 1
-                    loop.call_soon(fn, self, context=context)
+                    _schedule_late(loop, fn, context, self)
             raise
 
     def add_done_callback(self, fn: Callable[[DeliveryHandle], Any], *, context: Any = None) -> None:
@@ -343,7 +407,7 @@ class DeliveryHandle:
         if context is None:
             context = _copy_context()
         if self._cancelled or self._completion._state == _DONE:
-            self._completion.loop.call_soon(fn, self, context=context)
+            _schedule_late(self._completion.loop, fn, context, self)
             return
         if self._cb0 is None:
             self._cb0 = fn
