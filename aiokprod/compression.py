@@ -8,7 +8,8 @@ what every broker and consumer is tested against:
   (the twins' byte-for-byte tests and producer retries rely on it).
 - snappy (2): snappy-java's "xerial" framing, see :func:`_xerial_frame`. Brokers and librdkafka also send
   plain raw snappy, so the reader accepts both.
-- lz4 (3): the standard LZ4 frame format.
+- lz4 (3): the standard LZ4 frame format, laid out as the Java client's KafkaLZ4BlockOutputStream does:
+  independent blocks of at most 64 KiB, no content size, no checksums (see LZ4_FRAME_HEADER).
 - zstd (4): a zstd frame (needs Produce v7+, the sender's concern, not ours).
 
 Decompression failures of any kind surface as :class:`~aiokprod.errors.CorruptRecordError`.
@@ -20,6 +21,7 @@ import struct
 import zlib
 from typing import Union, cast
 
+import cramjam
 import lz4.frame
 import snappy
 import zstandard
@@ -39,10 +41,24 @@ CODEC_NAMES = {v: k for k, v in CODEC_IDS.items()}
 
 # xerial header: 8 magic bytes, then big-endian int32 version (1) and int32 minimum compatible version (1).
 _XERIAL_MAGIC = b"\x82SNAPPY\x00"
-_XERIAL_HEADER = _XERIAL_MAGIC + struct.pack(">ii", 1, 1)
+XERIAL_HEADER = _XERIAL_HEADER = _XERIAL_MAGIC + struct.pack(">ii", 1, 1)
 # snappy-java's default block size: each 32 KiB of input becomes one length-prefixed raw snappy chunk.
-_XERIAL_BLOCK = 32 * 1024
+XERIAL_BLOCK = _XERIAL_BLOCK = 32 * 1024
 _INT32 = struct.Struct(">i")
+
+# LZ4 frame (lz4_Frame_format.md) as the Java client's KafkaLZ4BlockOutputStream writes it: FLG 0x60 (version
+# 01, blocks independent, no block checksum, no content size, no content checksum), BD 0x40 (blocks of at
+# most 64 KiB). Every field of the descriptor is fixed, so the header is this constant (HC 0x82 is byte 1
+# of xxh32(FLG BD)); tests check our frames against it.
+LZ4_FRAME_HEADER = b"\x04\x22\x4d\x18\x60\x40\x82"
+# lz4.frame.compress's arguments after (data, compression_level), positional because keyword parsing costs
+# as much per batch as the rest of the call around the compressor: block_size, content_checksum,
+# block_checksum, block_linked, store_size.
+LZ4_FRAME_ARGS = (lz4.frame.BLOCKSIZE_MAX64KB, False, False, False, False)
+_lz4_frame_compress = lz4.frame.compress
+# The compiled codec calls these directly, without going through compress() below: same calls, same bytes.
+lz4_frame_compress = lz4.frame.compress
+snappy_compress_raw = _snappy_compress_raw = cramjam.snappy.compress_raw
 
 # Java's GZIPOutputStream uses zlib's default level; so do we unless told otherwise.
 _GZIP_DEFAULT_LEVEL = 6
@@ -62,15 +78,24 @@ def codec_id(name: str) -> int:
         ) from None
 
 
-def _xerial_frame(data: BytesLike) -> bytes:
-    # header | (int32 length, raw snappy chunk of <= 32 KiB input)*
+def _byte_view(data: BytesLike) -> memoryview:
+    """A flat view of ``data``'s bytes, to slice into blocks without copying (a copy only for a
+    non-contiguous view, which has no flat bytes to point at)."""
     view = memoryview(data)
-    if len(view) <= _XERIAL_BLOCK:  # the common case (batch.size 16 KiB): one chunk, no slicing copies
-        chunk = snappy.compress(data if isinstance(data, bytes) else view.tobytes())
-        return b"".join((_XERIAL_HEADER, _INT32.pack(len(chunk)), chunk))
-    parts = [_XERIAL_HEADER]
-    for start in range(0, len(view), _XERIAL_BLOCK):
-        chunk = snappy.compress(view[start:start + _XERIAL_BLOCK].tobytes())
+    if not view.c_contiguous:
+        return memoryview(view.tobytes())
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+def _xerial_frame(data: BytesLike) -> bytes:
+    # header | (int32 length, raw snappy chunk of <= 32 KiB input)*. cramjam's raw snappy (what
+    # snappy.compress calls) hands back its own buffer; join reads it in place, where snappy.compress
+    # would first copy it into bytes.
+    view = _byte_view(data)
+    parts: list[bytes | cramjam.Buffer] = [_XERIAL_HEADER]
+    # max(..., 1): empty input is still one (empty) chunk, as it always was.
+    for start in range(0, max(len(view), 1), _XERIAL_BLOCK):
+        chunk = _snappy_compress_raw(view[start:start + _XERIAL_BLOCK])
         parts.append(_INT32.pack(len(chunk)))
         parts.append(chunk)
     return b"".join(parts)
@@ -96,6 +121,15 @@ def _xerial_unframe(data: bytes) -> bytes:
     return b"".join(out)
 
 
+def zstd_compressor(level: int | None) -> zstandard.ZstdCompressor:
+    """The shared compressor for ``level`` (None: zstd's default, 3, as the Java client's)."""
+    key = _ZSTD_DEFAULT_LEVEL if level is None else level
+    compressor = _zstd_compressors.get(key)
+    if compressor is None:
+        compressor = _zstd_compressors[key] = zstandard.ZstdCompressor(level=key)
+    return compressor
+
+
 def compress(codec: int, data: BytesLike, level: int | None = None) -> bytes:
     """Compress ``data`` (any bytes-like) as the Java client does for ``codec`` (a CODEC_* id)."""
     if codec == CODEC_GZIP:
@@ -104,13 +138,9 @@ def compress(codec: int, data: BytesLike, level: int | None = None) -> bytes:
     if codec == CODEC_SNAPPY:
         return _xerial_frame(data)
     if codec == CODEC_LZ4:
-        return cast(bytes, lz4.frame.compress(data, compression_level=0 if level is None else level))
+        return cast(bytes, _lz4_frame_compress(data, 0 if level is None else level, *LZ4_FRAME_ARGS))
     if codec == CODEC_ZSTD:
-        key = _ZSTD_DEFAULT_LEVEL if level is None else level
-        compressor = _zstd_compressors.get(key)
-        if compressor is None:
-            compressor = _zstd_compressors[key] = zstandard.ZstdCompressor(level=key)
-        return compressor.compress(data)
+        return zstd_compressor(level).compress(data)
     if codec == CODEC_NONE:
         return bytes(data)
     raise ValueError(f"unknown codec id {codec}")

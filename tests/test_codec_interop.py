@@ -5,9 +5,12 @@ CRC-32C and codec handling; neither shares code with ours.
 """
 from __future__ import annotations
 
+import os
 import struct
 
 import crc32c as crc32c_package
+import lz4.block
+import lz4.frame
 import pytest
 import snappy
 import zstandard
@@ -164,6 +167,46 @@ def test_xerial_framing_matches_java_layout(codec):
         pos += 4 + size
         chunks += 1
     assert pos == len(payload) and chunks > 1
+
+
+@pytest.mark.parametrize("level", [None, 9])
+@pytest.mark.parametrize("shape", ["one_block", "incompressible", "three_blocks"])
+def test_lz4_frame_matches_java_layout(codec, shape, level):
+    # KafkaLZ4BlockOutputStream's frame: FLG 0x60 (independent blocks, no checksums, no content size),
+    # BD 0x40 (64 KiB blocks).
+    count = 150 if shape == "three_blocks" else 10
+    values = [{"one_block": b"abcdefgh" * 100, "incompressible": os.urandom(1000),
+               "three_blocks": os.urandom(500) + b"z" * 500}[shape] for _ in range(count)]
+    builder = codec.RecordBatchBuilder("lz4", batch_size=1 << 20, compression_level=level)
+    plain = codec.RecordBatchBuilder("none", batch_size=1 << 20)
+    for i, value in enumerate(values):
+        builder.append(i, None, value)
+        plain.append(i, None, value)
+    records = bytes(plain.build())[61:]
+    payload = bytes(builder.build())[61:]
+    assert payload[:7] == b"\x04\x22\x4d\x18\x60\x40\x82"
+    # Blocks: uint32 LE size (high bit: stored as is), then the block; each must decompress on its own
+    # (independent blocks: a reader may not need the previous block), into 64 KiB slices of the records.
+    blocks, pos = [], 7
+    while True:
+        (word,) = struct.unpack_from("<I", payload, pos)
+        if word == 0:
+            break
+        size = word & 0x7FFFFFFF
+        block = payload[pos + 4:pos + 4 + size]
+        start = len(blocks) * 65536
+        expected = records[start:start + 65536]
+        assert (block if word >> 31 else lz4.block.decompress(block, uncompressed_size=len(expected))) == expected
+        blocks.append(word)
+        pos += 4 + size
+    assert pos + 4 == len(payload) and len(blocks) * 65536 >= len(records)
+    if shape == "incompressible":
+        assert blocks == [len(records) | 0x80000000]  # stored as is, flagged
+    else:
+        assert len(blocks) == (3 if shape == "three_blocks" else 1) and not any(w >> 31 for w in blocks)
+    assert lz4.frame.decompress(payload) == records
+    _, decoded = _kafka_python_records(builder.build())  # and kafka-python reads it
+    assert [r[3] for r in decoded] == values
 
 
 def test_zstd_frame_without_content_size(codec):

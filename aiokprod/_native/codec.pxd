@@ -19,8 +19,9 @@ cdef class RecordBatchBuilder:
     cdef int32_t _count
     cdef int64_t _first_ts
     cdef int64_t _max_ts
-    cdef object _payload       # compressed records, valid while _payload_count == _count
-    cdef int32_t _payload_count
+    cdef object _compressor    # zstd: the shared ZstdCompressor for _level; lz4: (mode, store_size, accel, hc)
+    cdef object _payload       # a batch built with _payload_count records: its bytes after the header are
+    cdef int32_t _payload_count  # the compressed records (what a rebuild with other arguments reuses)
     cdef object _built         # last build() result, valid for the _b_* arguments and _b_count records
     cdef int64_t _b_offset
     cdef int64_t _b_pid
@@ -31,5 +32,6 @@ cdef class RecordBatchBuilder:
 
     cdef int _grow(self, Py_ssize_t needed) except -1
     cdef int _resize_private(self, Py_ssize_t size) except -1
+    cdef object _compressed_batch(self)
     cdef int _append(self, int64_t ts, const char* kp, Py_ssize_t klen, const char* vp, Py_ssize_t vlen,
                      object headers) except -1

@@ -18,7 +18,8 @@ from cpython.bytes cimport (
 from cpython.long cimport PyLong_Check
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.dict cimport PyDict_GetItem
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_REFCNT
 from cpython.number cimport PyNumber_Index
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_CheckExact
 from libc.stdint cimport int16_t, int32_t, int64_t, uint16_t, uint32_t, uint64_t, INT32_MAX
@@ -26,7 +27,11 @@ from libc.string cimport memcpy, memset
 
 from crc32c import crc32c as _crc32c
 
-from aiokprod.compression import codec_id, compress
+from aiokprod.compression import (
+    CODEC_IDS as _CODEC_IDS, LZ4_FRAME_ARGS as _LZ4_FRAME_ARGS, XERIAL_BLOCK as _XERIAL_BLOCK_PY,
+    XERIAL_HEADER as _XERIAL_HEADER, codec_id, compress, lz4_frame_compress as _lz4_frame_compress,
+    snappy_compress_raw as _snappy_compress_raw, zstd_compressor,
+)
 from aiokprod.errors import CorruptRecordError
 
 __all__ = (
@@ -48,10 +53,19 @@ cdef enum:
     ATTRIBUTES_OFFSET = 21
     LOG_OVERHEAD = 12
     ATTR_TRANSACTIONAL = 0x10
+    CODEC_SNAPPY = 2
+    CODEC_LZ4 = 3
+    CODEC_ZSTD = 4
     # length varint (5) + attributes (1) + timestampDelta varlong (10) + offsetDelta varint (5)
     OVERHEAD_MAX = 21
 
 BATCH_HEADER_SIZE = HEADER_SIZE
+
+# The framing constants live in aiokprod.compression (one definition for both twins); copied into C here.
+cdef Py_ssize_t XERIAL_BLOCK = _XERIAL_BLOCK_PY
+cdef Py_ssize_t XERIAL_HEADER_LEN = len(_XERIAL_HEADER)
+cdef object _LZ4_BLOCK_SIZE, _LZ4_CONTENT_CHECKSUM, _LZ4_BLOCK_CHECKSUM, _LZ4_BLOCK_LINKED, _LZ4_STORE_SIZE
+_LZ4_BLOCK_SIZE, _LZ4_CONTENT_CHECKSUM, _LZ4_BLOCK_CHECKSUM, _LZ4_BLOCK_LINKED, _LZ4_STORE_SIZE = _LZ4_FRAME_ARGS
 RECORD_OVERHEAD_MAX = OVERHEAD_MAX
 
 
@@ -145,6 +159,13 @@ cdef inline void _put_be32(char* p, uint32_t v) noexcept nogil:
     p[1] = <char>(v >> 16)
     p[2] = <char>(v >> 8)
     p[3] = <char>v
+
+
+cdef inline void _put_le32(char* p, uint32_t v) noexcept nogil:
+    p[0] = <char>v
+    p[1] = <char>(v >> 8)
+    p[2] = <char>(v >> 16)
+    p[3] = <char>(v >> 24)
 
 
 cdef inline void _put_be16(char* p, uint32_t v) noexcept nogil:
@@ -379,6 +400,46 @@ def record_size_upper_bound(key, value, headers):
     return size
 
 
+# Buffers of finished builders, for the next ones (a producer opens a batch, of the same batch_size, every
+# ~16 KiB of records): a pop instead of a malloc of ~16 KiB and its free, and no fresh heap pages for the
+# records to fault in. Only buffers nobody else can see come here (see __dealloc__); at most FREE_BUFFERS,
+# so an idle process keeps at most that many batch buffers.
+cdef enum:
+    FREE_BUFFERS = 8
+cdef PyObject* _free_buffers[FREE_BUFFERS]
+cdef int _n_free = 0
+
+
+cdef object _take_buffer(Py_ssize_t cap):
+    """A bytes object of ``cap`` bytes that we alone hold (contents undefined)."""
+    global _n_free
+    cdef object buf
+    while _n_free:
+        _n_free -= 1
+        buf = <object>_free_buffers[_n_free]   # a new reference...
+        Py_DECREF(buf)                         # ...and the list's, released: ``buf`` is the only one now
+        if PyBytes_GET_SIZE(buf) == cap:
+            return buf
+    return PyBytes_FromStringAndSize(NULL, cap)
+
+
+cdef void _give_buffer(object buf) noexcept:
+    global _n_free
+    if _n_free < FREE_BUFFERS:
+        Py_INCREF(buf)
+        _free_buffers[_n_free] = <PyObject*>buf
+        _n_free += 1
+
+
+cdef dict _CODEC_IDS_C = _CODEC_IDS
+cdef object _zstd_default = None  # zstd_compressor(None), looked up once
+
+
+cdef void _set_zstd_default() except *:
+    global _zstd_default
+    _zstd_default = zstd_compressor(None)
+
+
 @cython.final
 cdef class RecordBatchBuilder:
     """Accumulates records of one magic-2 batch; :meth:`build` freezes it with the producer's fields."""
@@ -390,17 +451,31 @@ cdef class RecordBatchBuilder:
     # The fields are declared in codec.pxd, so that appender.pyx can read _len.
 
     def __init__(self, compression="none", batch_size=16384, compression_level=None):
-        # "none" (the default, and the common case) without a call into compression.codec_id.
-        self._codec = 0 if compression == "none" else codec_id(compression)
+        # One per batch: the codec name by a dict lookup in C, not a call into compression.codec_id (which
+        # is still what names a bad value).
+        cdef PyObject* cid = PyDict_GetItem(_CODEC_IDS_C, compression) if type(compression) is str else NULL
+        self._codec = codec_id(compression) if cid is NULL else <int><object>cid
         self._batch_size = _ssize(batch_size)
         self._level = None if compression_level is None else int(compression_level)
+        # What build() compresses with, resolved once per batch rather than per build.
+        if self._codec == CODEC_LZ4:
+            self._compressor = 0 if self._level is None else self._level  # lz4.frame's compression_level
+        elif self._codec == CODEC_ZSTD:
+            if self._level is None:
+                if _zstd_default is None:
+                    _set_zstd_default()
+                self._compressor = _zstd_default
+            else:
+                self._compressor = zstd_compressor(self._level)
+        else:
+            self._compressor = None
         # Room for a full batch up front, so a batch of small records never reallocates.
         cdef Py_ssize_t cap = self._batch_size + 256
         if cap < 1024:
             cap = 1024
         elif cap > (1 << 20):
             cap = 1 << 20
-        self._data = PyBytes_FromStringAndSize(NULL, cap)
+        self._data = _take_buffer(cap)
         self._buf = PyBytes_AS_STRING(self._data)
         self._cap = cap
         self._published = False
@@ -411,6 +486,12 @@ cdef class RecordBatchBuilder:
         self._payload = None
         self._payload_count = -1
         self._built = None
+
+    def __dealloc__(self):
+        # A buffer never handed out and referenced by nobody else (every compressed batch's: build() hands
+        # out a new object holding the compressed records) goes back to the free list for the next batch.
+        if self._data is not None and not self._published and Py_REFCNT(self._data) == 1:
+            _give_buffer(self._data)
 
     cdef int _grow(self, Py_ssize_t needed) except -1:
         """Make room for ``needed`` bytes in a buffer we alone own."""
@@ -559,16 +640,19 @@ cdef class RecordBatchBuilder:
                 out = self._data
                 self._published = True
             p = PyBytes_AS_STRING(out)
+        elif self._payload_count != self._count:
+            out = self._compressed_batch()
+            self._payload = out
+            self._payload_count = self._count
+            size = PyBytes_GET_SIZE(out)
+            p = PyBytes_AS_STRING(out)
         else:
-            if self._payload_count != self._count:
-                self._payload = compress(
-                    self._codec, PyBytes_FromStringAndSize(self._buf + HEADER_SIZE, self._len - HEADER_SIZE),
-                    self._level)
-                self._payload_count = self._count
-            size = HEADER_SIZE + PyBytes_GET_SIZE(self._payload)
+            # A rebuild with other arguments (a retry under a new sequence or epoch): the compressed records
+            # of the last build, under a new header. The bytes handed out before must not change.
+            size = PyBytes_GET_SIZE(self._payload)
             out = PyBytes_FromStringAndSize(NULL, size)
             p = PyBytes_AS_STRING(out)
-            memcpy(p + HEADER_SIZE, PyBytes_AS_STRING(self._payload), size - HEADER_SIZE)
+            memcpy(p + HEADER_SIZE, PyBytes_AS_STRING(self._payload) + HEADER_SIZE, size - HEADER_SIZE)
         # ``out`` is new or our private buffer, seen by no one else yet, so writing into it is safe.
         _put_be64(p, <uint64_t>offset)
         _put_be32(p + 8, <uint32_t>(size - LOG_OVERHEAD))
@@ -594,6 +678,49 @@ cdef class RecordBatchBuilder:
         self._b_epoch = epoch
         self._b_seq = seq
         self._b_txn = txn
+        return out
+
+
+    cdef object _compressed_batch(self):
+        """A new bytes object: 61 bytes for the header (left for build() to write), then the records
+        compressed as aiokprod.compression.compress(self._codec, records, self._level) would, byte for
+        byte. The compressor reads the records in place (no copy of them); a batch that fits one xerial
+        chunk (the common case) is framed here, straight into the result."""
+        cdef Py_ssize_t n = self._len - HEADER_SIZE, size
+        cdef char* p
+        cdef Py_buffer pv
+        # A view straight onto our buffer. It borrows the memory without holding _data, so it is released
+        # before we return: a compressor that kept it could not read freed memory later.
+        view = PyMemoryView_FromMemory(self._buf + HEADER_SIZE, n, PyBUF_READ)
+        try:
+            if self._codec == CODEC_LZ4:
+                # compression.compress's call, with the level resolved at __init__, arguments positional.
+                payload = _lz4_frame_compress(view, self._compressor, _LZ4_BLOCK_SIZE, _LZ4_CONTENT_CHECKSUM,
+                                              _LZ4_BLOCK_CHECKSUM, _LZ4_BLOCK_LINKED, _LZ4_STORE_SIZE)
+            elif self._codec == CODEC_SNAPPY and n <= XERIAL_BLOCK:
+                # xerial: header | int32 BE chunk size | raw snappy chunk (see compression._xerial_frame).
+                chunk = _snappy_compress_raw(view)
+                PyObject_GetBuffer(chunk, &pv, PyBUF_SIMPLE)
+                try:
+                    out = PyBytes_FromStringAndSize(NULL, HEADER_SIZE + XERIAL_HEADER_LEN + 4 + pv.len)
+                    p = PyBytes_AS_STRING(out) + HEADER_SIZE
+                    memcpy(p, PyBytes_AS_STRING(_XERIAL_HEADER), XERIAL_HEADER_LEN)
+                    _put_be32(p + XERIAL_HEADER_LEN, <uint32_t>pv.len)
+                    memcpy(p + XERIAL_HEADER_LEN + 4, pv.buf, pv.len)
+                finally:
+                    PyBuffer_Release(&pv)
+                return out
+            elif self._codec == CODEC_ZSTD:
+                payload = self._compressor.compress(view)
+            else:
+                payload = compress(self._codec, view, self._level)
+        finally:
+            view.release()
+        if not PyBytes_CheckExact(payload):  # each compressor returns bytes; anything else is copied once
+            payload = bytes(payload)
+        size = HEADER_SIZE + PyBytes_GET_SIZE(payload)
+        out = PyBytes_FromStringAndSize(NULL, size)
+        memcpy(PyBytes_AS_STRING(out) + HEADER_SIZE, PyBytes_AS_STRING(payload), size - HEADER_SIZE)
         return out
 
 
