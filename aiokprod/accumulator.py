@@ -49,14 +49,14 @@ class ProducerBatch:
     )
 
     def __init__(self, topic: str, partition: int, builder: RecordBatchBuilder, completion: BatchCompletion,
-                 now: float, deadline: float) -> None:
+                 now: float, deadline: float, reserved: int = 0) -> None:
         self.topic = topic
         self.partition = partition
         self.builder = builder
         self.completion = completion
         self.created = now
         self.deadline = deadline
-        self.reserved = 0
+        self.reserved = reserved  # bytes of buffer_memory it holds until batch_done
         self.attempts = 0
         self.closed = False
         self.producer_id = -1
@@ -119,11 +119,18 @@ class PartitionQueue:
 
 
 class MemoryWaiter:
-    __slots__ = ("size", "future")
+    """A sender queued for ``size`` bytes of ``buffer_memory``. Its future is resolved (with None) when it is
+    granted (``granted`` True: the bytes are its own) or when its ``deadline`` passed first (``expire_waiters``;
+    ``granted`` stays False). ``deadline`` is on whatever clock the caller gives ``expire_waiters`` (the
+    producer's: its loop's time)."""
 
-    def __init__(self, size: int, future: asyncio.Future[None]) -> None:
+    __slots__ = ("size", "future", "deadline", "granted")
+
+    def __init__(self, size: int, future: asyncio.Future[None], deadline: float) -> None:
         self.size = size
         self.future = future
+        self.deadline = deadline
+        self.granted = False
 
 
 class RecordAccumulator:
@@ -161,6 +168,10 @@ class RecordAccumulator:
         self.appender = RecordAppender(batch_size) if appender is None else appender
         self._batch_opened = self.appender.batch_opened
         self._batch_closed = self.appender.batch_closed
+        # What the last record appended by ``append`` / ``append_new`` added to its batch (its growth, or the
+        # whole new batch with its header): read by the producer right after the call, for the sticky
+        # partitioner (KIP-794 counts exactly these bytes).
+        self.appended_bytes = 0
 
     # -- memory -------------------------------------------------------------------------------------------
     def try_reserve(self, size: int) -> bool:
@@ -170,22 +181,54 @@ class RecordAccumulator:
         self.used += size
         return True
 
-    def enqueue_waiter(self, size: int, future: asyncio.Future[None]) -> MemoryWaiter:
-        waiter = MemoryWaiter(size, future)
+    def enqueue_waiter(self, size: int, future: asyncio.Future[None], deadline: float = float("inf")) -> MemoryWaiter:
+        """Queue a sender for ``size`` bytes, granted in FIFO order (maybe at once); ``deadline``: see
+        ``expire_waiters``."""
+        waiter = MemoryWaiter(size, future, deadline)
         self.waiters.append(waiter)
         self._grant()
         return waiter
 
     def abandon_waiter(self, waiter: MemoryWaiter) -> None:
-        """The waiting sender gave up (timeout or cancel): give back what it may have been granted."""
+        """The waiting sender gave up (cancelled): give back what it may have been granted."""
         try:
             self.waiters.remove(waiter)
         except ValueError:
-            # Already granted: its reservation is ours to return.
-            if waiter.future.done() and not waiter.future.cancelled():
+            # Granted (or expired) already: a grant's reservation is ours to return.
+            if waiter.granted:
+                waiter.granted = False
                 self.release(waiter.size)
             return
         self._grant()
+
+    def expire_waiters(self, now: float) -> list[MemoryWaiter]:
+        """Take out of the queue the waiters whose deadline is ``now`` or before, resolving their futures
+        (not granted), and return them; the waiters behind them may then be granted. One check for the whole
+        queue, not a timer per waiter: the caller runs it at ``next_waiter_deadline()``."""
+        expired: list[MemoryWaiter] = []
+        waiters = self.waiters
+        if any(waiter.deadline <= now for waiter in waiters):
+            kept = []
+            for waiter in waiters:
+                if waiter.deadline > now:
+                    kept.append(waiter)
+                elif not waiter.future.done():  # (a cancelled one is simply dropped)
+                    expired.append(waiter)
+            waiters.clear()  # in place: the appender holds this deque
+            waiters.extend(kept)
+            for waiter in expired:
+                waiter.future.set_result(None)
+            self._grant()
+        return expired
+
+    def next_waiter_deadline(self) -> Optional[float]:
+        """The soonest deadline of a queued waiter, or None when nobody waits."""
+        waiters = self.waiters
+        if not waiters:
+            return None
+        # Waiters queue with the same max_block, so the head's deadline is usually the soonest: a scan only
+        # when a timer fires (about once per max_block), never per wait.
+        return min(waiter.deadline for waiter in waiters)
 
     def release(self, size: int) -> None:
         self.used -= size
@@ -202,9 +245,55 @@ class RecordAccumulator:
                 return
             self.waiters.popleft()
             self.used += waiter.size
+            waiter.granted = True
             waiter.future.set_result(None)
 
     # -- appending ----------------------------------------------------------------------------------------
+    def append(self, topic: str, partition: int, timestamp_ms: int, key: Optional[_BytesLike],
+               value: Optional[_BytesLike], headers: _Headers, record_size: int) -> Optional[DeliveryHandle]:
+        """The general path's append in one call; return the record's handle, or None if it must wait.
+
+        The record goes into the partition's open batch if it fits there (that needs no memory: the batch's
+        buffer was reserved when it was made). Otherwise (no open batch, or it is full: then it is closed,
+        ready now whatever linger_ms says) it starts a new batch, if that batch's reservation
+        (``new_batch_reservation(record_size)``) can be taken at once. None, having appended nothing, when it
+        cannot, or when senders are queued for memory (nobody overtakes them): the caller then waits for the
+        reservation (``enqueue_waiter``) and calls ``append_new``. ``appended_bytes`` says what the record
+        added to its batch.
+        """
+        if self.waiters:
+            return None
+        queue = self.queues.get((topic, partition))
+        if queue is None:
+            queue = self.queues[(topic, partition)] = PartitionQueue(topic, partition)
+        batches = queue.batches
+        closed_one = False
+        if batches:
+            batch = batches[-1]
+            if not batch.closed:
+                builder = batch.builder
+                before = builder.size_in_bytes
+                if builder.append(timestamp_ms, key, value, headers):
+                    self.appended_bytes = builder.size_in_bytes - before
+                    return batch.completion.add(timestamp_ms)
+                batch.closed = True
+                self._batch_closed(batch)
+                closed_one = True
+        reserved = record_size if record_size > self.batch_size else self.batch_size
+        if self.used + reserved > self.buffer_memory:
+            if closed_one:
+                self.on_wakeup()
+            return None
+        self.used += reserved
+        try:
+            handle = self._open_batch(batches, topic, partition, timestamp_ms, key, value, headers, reserved)
+        except BaseException:
+            self.release(reserved)
+            raise
+        # One wake-up for both the batch that filled and the new one.
+        self.on_wakeup()
+        return handle
+
     def try_append(self, topic: str, partition: int, timestamp_ms: int, key: Optional[_BytesLike],
                    value: Optional[_BytesLike], headers: _Headers) -> Optional[DeliveryHandle]:
         """Append to the partition's open batch if the record fits there; return its handle, else None.
@@ -212,6 +301,7 @@ class RecordAccumulator:
         Needs no memory: the open batch's buffer was reserved when the batch was made. Returns None, and the
         caller reserves a new batch (``new_batch_reservation``, maybe waiting) and calls ``append_new``, when
         there is no open batch, it is full, or senders are queued for memory (so nobody overtakes them).
+        (``append`` does this and the new batch in one call.)
         """
         queue = self.queues.get((topic, partition))
         if queue is None or self.waiters:
@@ -227,7 +317,10 @@ class RecordAccumulator:
         if batches:
             batch = batches[-1]
             if not batch.closed:
-                if batch.builder.append(timestamp_ms, key, value, headers):
+                builder = batch.builder
+                before = builder.size_in_bytes
+                if builder.append(timestamp_ms, key, value, headers):
+                    self.appended_bytes = builder.size_in_bytes - before
                     return batch.completion.add(timestamp_ms)
                 batch.closed = True
                 self._batch_closed(batch)
@@ -244,31 +337,40 @@ class RecordAccumulator:
         """Append a record for which ``reserved`` bytes were reserved; return its delivery handle.
 
         Usually starts a new batch holding the reservation. If, while the caller waited for memory, another
-        sender opened a batch the record fits in, it goes there and the reservation is given back.
+        sender opened a batch the record fits in, it goes there and the reservation is given back. If the
+        append fails (it raises), the reservation is given back too.
         """
         queue = self.queues.get((topic, partition))
         if queue is None:
             queue = self.queues[(topic, partition)] = PartitionQueue(topic, partition)
         batches = queue.batches
-        handle = self._append_to_open(batches, timestamp_ms, key, value, headers)
-        if handle is not None:
+        try:
+            handle = self._append_to_open(batches, timestamp_ms, key, value, headers)
+            if handle is not None:
+                self.release(reserved)
+                return handle
+            handle = self._open_batch(batches, topic, partition, timestamp_ms, key, value, headers, reserved)
+        except BaseException:
             self.release(reserved)
-            return handle
-        batch = self._new_batch(topic, partition)
-        if not batch.builder.append(timestamp_ms, key, value, headers):  # a first record always fits
-            raise AssertionError("RecordBatchBuilder refused the first record of a batch")
-        batches.append(batch)
-        batch.reserved = reserved
-        handle = batch.completion.add(timestamp_ms)
-        self._batch_opened(batches, batch)
+            raise
         self.on_wakeup()
         return handle
 
-    def _new_batch(self, topic: str, partition: int) -> ProducerBatch:
+    def _open_batch(self, batches: collections.deque[ProducerBatch], topic: str, partition: int,
+                    timestamp_ms: int, key: Optional[_BytesLike], value: Optional[_BytesLike], headers: _Headers,
+                    reserved: int) -> DeliveryHandle:
+        """Start the partition's new open batch with this record, holding ``reserved`` bytes."""
         now = self.clock()
         builder = RecordBatchBuilder(self.compression, self.batch_size, self.compression_level)
-        return ProducerBatch(topic, partition, builder, self.completion_factory(topic, partition), now,
-                             now + self.delivery_timeout)
+        if not builder.append(timestamp_ms, key, value, headers):  # a first record always fits
+            raise AssertionError("RecordBatchBuilder refused the first record of a batch")
+        batch = ProducerBatch(topic, partition, builder, self.completion_factory(topic, partition), now,
+                              now + self.delivery_timeout, reserved)
+        batches.append(batch)
+        handle = batch.completion.add(timestamp_ms)
+        self._batch_opened(batches, batch)
+        self.appended_bytes = builder.size_in_bytes
+        return handle
 
     # -- readiness and draining ---------------------------------------------------------------------------
     def ready(self, now: float, sendable: Callable[[PartitionQueue], bool]

@@ -151,6 +151,8 @@ class Producer:
                            and (self._own_partitioner
                                 or type(partitioner) in (RoundRobinPartitioner, CallablePartitioner)))
         self._max_block = config.max_block_ms / 1000.0
+        # The one timer that ends memory waits past max_block_ms (see _wait_for_memory); None: not armed.
+        self._memory_timer: Optional[asyncio.TimerHandle] = None
         self._cluster: Optional[Cluster] = None
         self._accumulator: Optional[RecordAccumulator] = None
         self._sender: Optional[Sender] = None
@@ -430,17 +432,20 @@ class Producer:
         accumulator = cast(RecordAccumulator, self._accumulator)  # set by start(), like _cluster_view
         if self._transactional:
             self._manager.check_can_send()  # again: the transaction may have ended while we awaited metadata
-        if sticky:
-            before = self._open_batch_size(topic, partition)
-        handle: Optional[DeliveryHandle] = accumulator.try_append(topic, partition, timestamp_ms, key, value,
-                                                                  headers)
+        handle: Optional[DeliveryHandle] = accumulator.append(topic, partition, timestamp_ms, key, value, headers,
+                                                              size)
         if handle is None:
-            handle, before = await self._append_new_batch(topic, partition, timestamp_ms, key, value, headers, size)
+            # The record needs a new batch and its buffer is not free now (or others wait for memory first):
+            # wait for the reservation (FIFO), then append (append_new gives it back if that fails). Inline, not
+            # a helper coroutine: this is once per batch whenever the buffer is the bottleneck.
+            reserved = accumulator.new_batch_reservation(size)
+            await self._wait_for_memory(reserved, size, topic, partition)
+            handle = accumulator.append_new(topic, partition, timestamp_ms, key, value, headers, reserved)
         if sticky:
             # KIP-794, as the Java client counts: the bytes the record added to its batch (the whole batch,
-            # header included, if it opened it), not its upper-bound size.
-            self._partitioner.record_appended(topic, partition, self._appended_bytes(topic, partition, before),
-                                              num_partitions)
+            # header included, if it opened it), not its upper-bound size. (Read right after the append that
+            # set it: no await in between.)
+            self._partitioner.record_appended(topic, partition, accumulator.appended_bytes, num_partitions)
         return handle
 
     def _raise_not_running(self, topic: object) -> NoReturn:
@@ -464,63 +469,35 @@ class Producer:
             f"{self._max_record_size} (max_request_size={self.config.max_request_size}, "
             f"buffer_memory={self.config.buffer_memory})")
 
-    async def _append_new_batch(self, topic: str, partition: int, timestamp_ms: int, key: Optional[BytesLike],
-                                value: Optional[BytesLike], headers: Optional[HeaderPairs],
-                                size: int) -> tuple[DeliveryHandle, tuple[Any, int]]:
-        """The record needs a new batch: reserve its buffer (waiting for room, FIFO), then append. Returns the
-        handle and ``_open_batch_size`` as it was just before the append (after any wait)."""
-        accumulator = cast(RecordAccumulator, self._accumulator)  # set by start(): send() runs from then on
-        reserved = accumulator.new_batch_reservation(size)
-        if not accumulator.try_reserve(reserved):
-            await self._wait_for_memory(reserved, size, topic, partition)
-        before = self._open_batch_size(topic, partition)
-        try:
-            handle: DeliveryHandle = accumulator.append_new(topic, partition, timestamp_ms, key, value, headers,
-                                                            reserved)
-            return handle, before
-        except BaseException:
-            accumulator.release(reserved)
-            raise
-
-    def _open_batch_size(self, topic: str, partition: int) -> tuple[Any, int]:
-        """``(open batch, its size in bytes)`` of ``topic``-``partition``, or ``(None, 0)``."""
-        batch = self._appender.open_batch(topic, partition)
-        return (None, 0) if batch is None else (batch, batch.builder.size_in_bytes)
-
-    def _appended_bytes(self, topic: str, partition: int, before: tuple[Any, int]) -> int:
-        """What the record just appended added to its batch, given ``_open_batch_size`` from just before (no
-        await in between): the batch's growth if the record joined the batch open then, else the whole new
-        batch, header included (Java's RecordAccumulator counts the same). The record's batch is the open
-        one now: an append never closes the batch it succeeded in."""
-        batch = self._appender.open_batch(topic, partition)
-        size: int = batch.builder.size_in_bytes
-        return size - before[1] if batch is before[0] else size
-
     async def _wait_for_memory(self, size: int, record_size: int, topic: str, partition: int) -> None:
+        """Queue for ``size`` bytes of buffer_memory (FIFO) for at most max_block_ms. No timer per wait: one
+        timer for all of them (``_expire_memory_waiters``), re-armed about once per max_block_ms."""
         # Both set by start(): send() runs from then on; the casts only tell the type checker so.
         accumulator = cast(RecordAccumulator, self._accumulator)
-        future: asyncio.Future[None] = cast(asyncio.AbstractEventLoop, self._loop).create_future()
-        waiter = accumulator.enqueue_waiter(size, future)
+        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        future: asyncio.Future[None] = loop.create_future()
+        waiter = accumulator.enqueue_waiter(size, future, loop.time() + self._max_block)
+        if self._memory_timer is None and not waiter.granted:
+            self._memory_timer = loop.call_at(waiter.deadline, self._expire_memory_waiters)
         hooks = self._hooks
         if hooks.on_buffer_wait:
             for fn in hooks.on_buffer_wait:
                 fn(topic, partition, size)
         started = _monotonic()
         try:
-            await asyncio.wait_for(future, self._max_block)
-        except asyncio.TimeoutError:
-            accumulator.abandon_waiter(waiter)
-            for fn in hooks.on_buffer_wait_done:
-                fn((_monotonic() - started) * 1000.0, True)
-            raise errors.BufferExhaustedError(
-                f"no room for a {record_size}-byte record for {topic}-{partition}: its new batch needs {size} "
-                f"bytes of buffer_memory ({self.config.buffer_memory} bytes), and none freed within "
-                f"max_block_ms ({self.config.max_block_ms} ms)") from None
+            await future
         except BaseException:
             accumulator.abandon_waiter(waiter)
             for fn in hooks.on_buffer_wait_done:
                 fn((_monotonic() - started) * 1000.0, False)
             raise
+        if not waiter.granted:  # expired: _expire_memory_waiters took it out of the queue
+            for fn in hooks.on_buffer_wait_done:
+                fn((_monotonic() - started) * 1000.0, True)
+            raise errors.BufferExhaustedError(
+                f"no room for a {record_size}-byte record for {topic}-{partition}: its new batch needs {size} "
+                f"bytes of buffer_memory ({self.config.buffer_memory} bytes), and none freed within "
+                f"max_block_ms ({self.config.max_block_ms} ms)")
         for fn in hooks.on_buffer_wait_done:
             fn((_monotonic() - started) * 1000.0, False)
         if self._state is not State.RUNNING:
@@ -529,6 +506,19 @@ class Producer:
         if self._transactional and self._manager.state is not TxnState.IN_TRANSACTION:
             accumulator.release(size)
             self._manager.check_can_send()  # the transaction ended while we waited for memory
+
+    def _expire_memory_waiters(self) -> None:
+        """The memory waiters' one timer: fail the waits past max_block_ms, then re-arm for the next deadline
+        (a wait granted in time needs no timer of its own, nor a cancel)."""
+        self._memory_timer = None
+        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        accumulator = cast(RecordAccumulator, self._accumulator)
+        # A timer may run a little early (uvloop counts whole milliseconds): what is due within a millisecond
+        # expires now rather than re-arming a timer that would fire at once, again and again.
+        accumulator.expire_waiters(loop.time() + 0.001)
+        deadline = accumulator.next_waiter_deadline()
+        if deadline is not None:
+            self._memory_timer = loop.call_at(deadline, self._expire_memory_waiters)
 
     async def send_and_wait(self, topic: str, value: Any = None, key: Any = None, partition: Optional[int] = None,
                             timestamp_ms: Optional[int] = None, headers: Optional[Headers] = None) -> RecordMetadata:

@@ -296,6 +296,118 @@ def test_abandoned_waiters_give_back_and_let_others_through():
     assert acc.used == used - 150
 
 
+
+# -- the general path's one-call append ---------------------------------------------------------------------
+
+def general_append(acc, value=b"v" * 50, partition=0, headers=None):
+    size = record_size_upper_bound(None, value, headers)
+    return acc.append("t", partition, 1, None, value, headers, size), size
+
+
+def test_append_fills_the_open_batch_then_closes_it_and_opens_the_next_in_one_call():
+    acc, _, _, wakeups = make(batch_size=1024)
+    handle, _ = general_append(acc)
+    queue = acc.queues[("t", 0)]
+    first = queue.batches[0]
+    assert handle.index == 0 and acc.used == 1024 and first.reserved == 1024 and wakeups == [1]
+    assert acc.appended_bytes == first.builder.size_in_bytes  # the whole new batch, header included
+    assert acc.appender.open_batch("t", 0) is first
+    grown = []
+    while len(queue.batches) == 1:
+        before = first.builder.size_in_bytes
+        handle, _ = general_append(acc)
+        grown.append((acc.appended_bytes, first.builder.size_in_bytes - before))
+    # Every record that joined the open batch counted what it added.
+    assert len(grown) > 2 and all(added == growth > 0 for added, growth in grown[:-1])
+    second = queue.batches[1]
+    # The record that did not fit closed the full batch (ready now, no longer the fast path's) and started
+    # the next one with its own reservation, waking the sender once for both (and never for the records
+    # that joined the open batch).
+    assert first.closed and not second.closed and handle.index == 0 and len(second.builder) == 1
+    assert acc.appender.open_batch("t", 0) is second
+    assert acc.used == 2048 and second.reserved == 1024 and wakeups == [1, 1]
+    assert acc.appended_bytes == second.builder.size_in_bytes
+    assert ready_names(acc, 1000.0)[0] == [("t", 0)]
+
+
+def test_append_without_memory_closes_the_full_batch_and_leaves_the_new_one_to_the_waiter():
+    acc, _, _, wakeups = make(batch_size=1024, buffer_memory=1024)
+    general_append(acc)
+    first = acc.queues[("t", 0)].batches[0]
+    while general_append(acc, value=b"w" * 50)[0] is not None:
+        pass
+    # No memory for a new batch: nothing appended, nothing reserved, but the full batch is ready and the
+    # sender told (its completion is what frees the memory the record waits for).
+    assert first.closed and len(acc.queues[("t", 0)].batches) == 1 and acc.used == 1024
+    assert wakeups == [1, 1]
+    assert acc.appender.open_batch("t", 0) is None
+    # Once the reservation is granted, append_new opens the batch.
+    acc.batch_done(acc.pop_head(acc.queues[("t", 0)]))
+    assert acc.used == 0 and acc.try_reserve(1024)
+    handle = acc.append_new("t", 0, 1, None, b"w" * 50, None, 1024)
+    assert handle.index == 0 and acc.queues[("t", 0)].batches[0].reserved == 1024
+
+
+def test_append_never_overtakes_queued_senders():
+    acc, _, _, _ = make(batch_size=1024, buffer_memory=4096)
+    general_append(acc)  # an open batch with room
+    assert acc.try_reserve(3072)
+    acc.enqueue_waiter(1024, Waiter("queued", []))
+    assert acc.waiters
+    before = len(acc.queues[("t", 0)].batches[0].builder)
+    assert general_append(acc)[0] is None and general_append(acc, partition=1)[0] is None
+    assert len(acc.queues[("t", 0)].batches[0].builder) == before and acc.used == 4096
+
+
+def test_a_failed_append_gives_the_new_batch_reservation_back():
+    acc, _, _, _ = make(batch_size=1024)
+    # Not headers at all: the builder refuses them (send() checks them first; this is the safety net).
+    with pytest.raises(TypeError):
+        acc.append("t", 0, 1, None, b"v", 5, 200)
+    assert acc.used == 0 and not acc.queues[("t", 0)].batches
+    assert acc.try_reserve(1024)
+    with pytest.raises(TypeError):
+        acc.append_new("t", 0, 1, None, b"v", 5, 1024)
+    assert acc.used == 0 and not acc.queues[("t", 0)].batches
+
+
+# -- memory waits past their deadline -------------------------------------------------------------------------
+
+def test_expired_waiters_leave_the_queue_ungranted_and_let_the_next_through():
+    acc, _, _, _ = make(batch_size=100, buffer_memory=1000)
+    order = []
+    assert acc.try_reserve(600)
+    big = acc.enqueue_waiter(800, Waiter("big", order), deadline=10.0)
+    small = acc.enqueue_waiter(100, Waiter("small", order), deadline=20.0)
+    later = acc.enqueue_waiter(900, Waiter("later", order), deadline=30.0)
+    assert acc.next_waiter_deadline() == 10.0 and order == []
+    assert acc.expire_waiters(9.5) == []  # nobody is due yet
+    # "big" is due: it leaves, its future resolved but not granted; "small" (which fitted, but waited behind
+    # it) is granted at once; "later" does not fit and keeps waiting.
+    assert acc.expire_waiters(10.0) == [big]
+    assert big.future.done() and not big.granted
+    assert small.granted and order == ["big", "small"] and acc.used == 700
+    assert list(acc.waiters) == [later] and acc.next_waiter_deadline() == 30.0
+    # Abandoning an expired waiter gives back nothing (it never held anything); a granted one gives back.
+    acc.abandon_waiter(big)
+    assert acc.used == 700
+    acc.abandon_waiter(small)
+    assert acc.used == 600
+    assert acc.expire_waiters(31.0) == [later] and not later.granted
+    assert acc.next_waiter_deadline() is None and acc.used == 600
+
+
+def test_expiry_drops_cancelled_waiters_without_resolving_them():
+    acc, _, _, _ = make(batch_size=100, buffer_memory=1000)
+    order = []
+    assert acc.try_reserve(1000)
+    gone = Waiter("gone", order)
+    acc.enqueue_waiter(500, gone, deadline=5.0)
+    due = acc.enqueue_waiter(500, Waiter("due", order), deadline=5.0)
+    gone.cancel()
+    assert acc.expire_waiters(5.0) == [due]
+    assert order == ["due"] and not acc.waiters and acc.used == 1000
+
 # -- requeue order ----------------------------------------------------------------------------------------
 
 def _drain_all(acc, topic="t", partition=0, pid=5, sequence=0):

@@ -84,13 +84,13 @@ def wired_producer(twin, *, seed=1, fast=True, topics=None, **config):
         producer._fast_append = lambda *args: None
         del producer.send, producer.send_and_wait
     accumulator = producer._accumulator
-    try_append = accumulator.try_append
+    general_append = accumulator.append
 
-    def counting_try_append(*args):  # send()'s general path calls it once per record it handles
+    def counting_append(*args):  # send()'s general path calls it once per record it handles
         producer.slow_calls += 1
-        return try_append(*args)
+        return general_append(*args)
 
-    accumulator.try_append = counting_try_append
+    accumulator.append = counting_append
     return producer
 
 

@@ -309,7 +309,7 @@ cdef class RecordAppender:
         else:
             appended = 1 if slot.append(slot.builder, timestamp_ms, key, value, headers) else 0
         if not appended:
-            # Full. The slow path's try_append finds it so again, marks it closed and wakes the sender.
+            # Full. The slow path's accumulator.append finds it so again, closes it and opens the next.
             # Until it does, no record goes into this batch by the fast path (see _OpenBatch.refused).
             slot.refused = True
             return None
