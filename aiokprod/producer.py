@@ -102,8 +102,8 @@ class Producer:
         # the class's methods): the common case is one compiled call returning an awaitable that completes
         # at once, with no coroutine and no frame; what the fast path declines, they hand to the methods
         # below (bound here), whose coroutine they return. A subclass that overrides one keeps its own.
-        general_send, general_send_and_wait = self.send, self.send_and_wait
-        self._appender.set_general_path(general_send, general_send_and_wait)
+        self._general_send = self.send  # the class's (or a subclass's) method, bound
+        self._appender.set_general_path(self._send_in_order, self._send_and_wait_in_order)
         if type(self).send is Producer.send:
             self.__dict__["send"] = self._appender.send
         if type(self).send_and_wait is Producer.send_and_wait:
@@ -303,6 +303,11 @@ class Producer:
             # Failing a batch schedules its handles' completion with one call_soon; yield once so that
             # every handle is done() when stop() returns (callbacks run FIFO, before our resumption).
             await asyncio.sleep(0)
+            # The memory waits' timer has nothing left to expire once no sender waits (closing the sender
+            # failed every batch, which freed their memory): do not leave it holding the producer.
+            if self._memory_timer is not None and not parts.accumulator.waiters:
+                self._memory_timer.cancel()
+                self._memory_timer = None
             self._interceptors.close()
             self._set_state(State.CLOSED)
             stopped.set_result(None)
@@ -323,9 +328,11 @@ class Producer:
         On a producer, ``send`` is the compiled ``RecordAppender.send`` (see ``_init_parts``): the common case
         appends the record when send() is CALLED and returns an awaitable that gives the handle at once (a
         coroutine to asyncio: ``create_task``, ``gather``, ``wait_for`` take it). If it is never awaited, it
-        warns as a coroutine does ("coroutine 'Producer.send' was never awaited"), but unlike a coroutine's
-        its record was appended anyway, and is delivered. What the compiled call declines (it then did
-        nothing) is this method's coroutine, which appends when awaited, as any coroutine.
+        warns as a coroutine does ("coroutine 'Producer.send' was never awaited"); its record was appended
+        anyway. What the compiled call declines (it then did nothing), and any call from a thread other than
+        the loop's, is this method's coroutine, which appends when awaited, as any coroutine; until it has,
+        the compiled call appends nothing, so records keep the order of the calls. Never awaiting that
+        coroutine loses its record and leaves the producer on this general path: always await send().
 
         This body is the general path, and the reference behaviour: the fast path must give the same
         partition, order, handle and accounting as this code would. Its checks are ordered so that the common
@@ -343,6 +350,30 @@ class Producer:
         if self._observed:
             return await self._send_observed(topic, value, key, partition, timestamp_ms, headers)
         return await self._append_record(topic, value, key, partition, timestamp_ms, headers)
+
+    # What the compiled entries hand out for a record they do not append themselves (declined by the fast
+    # path, or called from a thread other than the loop's). The appender counts these coroutines until they
+    # are past their append (general_done) and appends nothing itself meanwhile, so that no later record
+    # overtakes one of them, as asyncio.gather(send(bytearray(...)), send(b"...")) would otherwise let the
+    # second do. Named as the calls they stand for, which is what an unawaited-coroutine warning should say.
+    async def _send_in_order(self, topic: Any, value: Any = None, key: Any = None, partition: Any = None,
+                             timestamp_ms: Any = None, headers: Any = None) -> DeliveryHandle:
+        try:
+            handle: DeliveryHandle = await self._general_send(topic, value, key, partition, timestamp_ms, headers)
+        finally:
+            self._appender.general_done()
+        return handle
+
+    async def _send_and_wait_in_order(self, topic: Any, value: Any = None, key: Any = None, partition: Any = None,
+                                      timestamp_ms: Any = None, headers: Any = None) -> RecordMetadata:
+        try:
+            handle: DeliveryHandle = await self._general_send(topic, value, key, partition, timestamp_ms, headers)
+        finally:
+            self._appender.general_done()  # past the append: the wait for delivery holds nobody up
+        return await handle
+
+    _send_in_order.__qualname__ = "Producer.send"
+    _send_and_wait_in_order.__qualname__ = "Producer.send_and_wait"
 
     async def _send_observed(self, topic: Any, value: Any, key: Any, partition: Any, timestamp_ms: Any,
                              headers: Any) -> DeliveryHandle:

@@ -53,7 +53,8 @@ def is_fast(twin, awaitable):
 
 
 def is_general(awaitable):
-    return inspect.iscoroutine(awaitable) and awaitable.cr_code.co_name in ("send", "send_and_wait")
+    return inspect.iscoroutine(awaitable) and awaitable.cr_code.co_name in (
+        "send", "send_and_wait", "_send_in_order", "_send_and_wait_in_order")
 
 
 async def started(twin, broker, topic, **config):
@@ -199,6 +200,10 @@ async def test_never_awaited_warns_as_a_coroutine_and_the_fast_record_is_sent_an
             "coroutine 'Producer.send_and_wait' was never awaited (its record was appended anyway)",
         ]
         assert all(w.category is RuntimeWarning for w in caught)
+        # The general path's coroutine never ran: its record is lost, as any unawaited coroutine's, and the
+        # entries append nothing themselves from then on (they cannot tell it will never run), so later
+        # records go through the general path, in order, and are not lost when awaited.
+        assert producer._appender.pending_general == 1
         # Closed or thrown into before its first step: no warning, as for a coroutine.
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -206,12 +211,66 @@ async def test_never_awaited_warns_as_a_coroutine_and_the_fast_record_is_sent_an
             with pytest.raises(KeyError, match="thrown"):
                 producer.send(topic_name, b"thrown into", partition=0).throw(KeyError("thrown"))
             gc.collect()
+        later = producer.send(topic_name, b"awaited after", partition=0)
+        assert is_general(later)
+        handle = await asyncio.wait_for(later, GUARD)
+        await asyncio.wait_for(producer.flush(), GUARD)
+        assert (await handle).offset == 3
+    finally:
+        await producer.stop()
+    stored = await read_back_async(broker.bootstrap, topic_name, [0], 4)
+    assert [s.value for s in stored] == [b"opener", b"fast, never awaited", b"fast wait, never awaited",
+                                         b"awaited after"]
+
+
+async def test_a_record_the_fast_path_declines_is_not_overtaken(twin, broker, topic_name):
+    """gather() runs the coroutines it is given in order; the fast path appends at the call. A record it
+    declines (a bytearray value, here) is the general path's when its coroutine runs: the records sent after
+    it must not be appended before it."""
+    producer = await started(twin, broker, topic_name)
+    try:
+        sends = [producer.send(topic_name, bytearray(b"first"), partition=0),
+                 producer.send(topic_name, b"second", partition=0),
+                 producer.send_and_wait(topic_name, b"third", partition=0)]
+        assert is_general(sends[0]) and is_general(sends[1]) and is_general(sends[2])
+        assert producer._appender.pending_general == 3
+        first, second, third, _ = await asyncio.wait_for(asyncio.gather(*sends, producer.flush()), GUARD)
+        assert (first.index, second.index) == (1, 2) and third.offset == 3  # in call order in their batch
+        assert producer._appender.pending_general == 0
+        await producer.send(topic_name, b"fourth", partition=0)  # opens the next batch (general path)
+        fifth = producer.send(topic_name, b"fifth", partition=0)
+        assert is_fast(twin, fifth)  # the fast path is back
+        await fifth
         await asyncio.wait_for(producer.flush(), GUARD)
     finally:
         await producer.stop()
-    stored = await read_back_async(broker.bootstrap, topic_name, [0], 5)
-    assert [s.value for s in stored] == [b"opener", b"fast, never awaited", b"fast wait, never awaited",
-                                         b"closed", b"thrown into"]
+    stored = await read_back_async(broker.bootstrap, topic_name, [0], 6)
+    assert [s.value for s in stored] == [b"opener", b"first", b"second", b"third", b"fourth", b"fifth"]
+
+
+async def test_send_from_another_thread_appends_on_the_loop(twin, broker, topic_name):
+    """asyncio.run_coroutine_threadsafe(producer.send(...), loop) calls send() in the caller's thread: the
+    record must be appended by the loop's thread when the coroutine runs, never beside the sender."""
+    producer = await started(twin, broker, topic_name)
+    loop = asyncio.get_running_loop()
+    seen = {}
+
+    def from_thread():
+        awaitable = producer.send(topic_name, b"from a thread", partition=0)
+        seen["general"] = is_general(awaitable)
+        seen["pending"] = producer._appender.pending_general
+        return asyncio.run_coroutine_threadsafe(awaitable, loop).result(GUARD)
+
+    try:
+        handle = await asyncio.wait_for(asyncio.to_thread(from_thread), GUARD)
+        await asyncio.wait_for(producer.flush(), GUARD)
+        assert (await handle).offset == 1
+        assert seen == {"general": True, "pending": 1}
+        assert producer._appender.pending_general == 0
+    finally:
+        await producer.stop()
+    stored = await read_back_async(broker.bootstrap, topic_name, [0], 2)
+    assert [s.value for s in stored] == [b"opener", b"from a thread"]
 
 
 async def test_the_ready_awaitable_behaves_as_a_coroutine(twin, broker, topic_name):

@@ -40,9 +40,12 @@ appended, so nobody overtakes them.
 :class:`_Ready` that ``await`` completes without a yield (send) or that awaits the handle (send_and_wait). A
 coroutine and its frame per record were a quarter of fire-and-forget's CPU. What the fast path declines,
 they hand to the general path, ``Producer.send``/``send_and_wait`` themselves, and return its coroutine. So
-the common case appends when send() is called, the general path when its coroutine runs: a record that the
-open batch refused (full) marks it refused, and no later record goes into it by the fast path before the
-general path has closed it, so records keep the order of the calls.
+the common case appends when send() is called, the general path when its coroutine runs. So that records
+keep the order of the calls, the entries append nothing themselves while a general-path coroutine they
+handed out has not appended yet (``_pending_general``, counted down by ``general_done``), and a record the
+open batch refused (full) marks it refused until the general path has closed it. Called from a thread other
+than the loop's, the entries always hand out the general path (it appends on the loop, never beside the
+sender).
 """
 cimport cython
 
@@ -54,6 +57,7 @@ from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_CheckExact, PyLong_FromLongLong
 from cpython.exc cimport PyErr_WarnEx
 from cpython.object cimport PyObject
+from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.sequence cimport PySequence_GetItem
 from cpython.unicode cimport PyUnicode_CheckExact
@@ -164,6 +168,14 @@ cdef class RecordAppender:
     # a coroutine, for a record the fast path declines.
     cdef object _general_send
     cdef object _general_send_and_wait
+    # General-path coroutines handed out and not yet appended (general_done() counts them down): while any
+    # is pending the entries append nothing themselves, so no record overtakes one handed out earlier (a
+    # record is appended when its send() is called on the fast path, when awaited on the general path).
+    cdef Py_ssize_t _pending_general
+    # The thread of the producer's loop (bind()): the entries append only there; called from another thread
+    # (asyncio.run_coroutine_threadsafe(producer.send(...), loop)) they hand out the general path, which
+    # appends on the loop when it runs, never beside the sender.
+    cdef unsigned long _loop_thread
 
     def __init__(self, batch_size=16384, rng=None):
         self.batch_size = batch_size
@@ -186,6 +198,7 @@ cdef class RecordAppender:
         self._waiters = waiters
         self._max_record_size = max_record_size
         self.own_partitioner = own_partitioner
+        self._loop_thread = PyThread_get_thread_ident()
 
     cdef _Topic _topic(self, str topic):
         cdef PyObject* found = PyDict_GetItem(self._topics, topic)
@@ -331,6 +344,17 @@ cdef class RecordAppender:
         self._general_send = send
         self._general_send_and_wait = send_and_wait
 
+    def general_done(self):
+        """A general-path coroutine handed out by :meth:`send` / :meth:`send_and_wait` appended its record (or
+        failed to): the general path calls this once per such coroutine, when it is past its append."""
+        if self._pending_general > 0:
+            self._pending_general -= 1
+
+    @property
+    def pending_general(self):
+        """General-path coroutines handed out and not past their append yet (for tests and diagnostics)."""
+        return self._pending_general
+
     # binding: a Cython function object (with a __dict__), so that it can carry the coroutine-function marks
     # (see _mark_coroutine_function); its bound method is called as directly (vectorcall) as a builtin one.
     @cython.binding(True)
@@ -343,9 +367,13 @@ cdef class RecordAppender:
         of the calls; _OpenBatch.refused keeps a later record from overtaking one the general path will
         append to the same partition."""
         cdef _Ready ready
-        handle = self._append(topic, value, key, partition, timestamp_ms, headers)
+        handle = None
+        if self._pending_general == 0 and PyThread_get_thread_ident() == self._loop_thread:
+            handle = self._append(topic, value, key, partition, timestamp_ms, headers)
         if handle is None:
-            return _general(self._general_send, topic, value, key, partition, timestamp_ms, headers)
+            general = _general(self._general_send, topic, value, key, partition, timestamp_ms, headers)
+            self._pending_general += 1
+            return general
         ready = _Ready.__new__(_Ready)
         ready._handle = handle
         return ready
@@ -355,9 +383,13 @@ cdef class RecordAppender:
         """``Producer.send_and_wait`` of a started producer: as :meth:`send`, but the awaitable waits for the
         record's delivery and returns its ``RecordMetadata`` (it awaits the handle)."""
         cdef _Ready ready
-        handle = self._append(topic, value, key, partition, timestamp_ms, headers)
+        handle = None
+        if self._pending_general == 0 and PyThread_get_thread_ident() == self._loop_thread:
+            handle = self._append(topic, value, key, partition, timestamp_ms, headers)
         if handle is None:
-            return _general(self._general_send_and_wait, topic, value, key, partition, timestamp_ms, headers)
+            general = _general(self._general_send_and_wait, topic, value, key, partition, timestamp_ms, headers)
+            self._pending_general += 1
+            return general
         ready = _Ready.__new__(_Ready)
         ready._handle = handle
         ready._wait = True

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
+import threading
 import warnings
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from time import time as _time
@@ -79,7 +80,8 @@ class RecordAppender:
     """The per-producer fast path of ``send()``; also the sticky partitioner's state."""
 
     __slots__ = ("enabled", "own_partitioner", "batch_size", "_metadata", "_waiters", "_max_record_size",
-                 "_topics", "_randrange", "_general_send", "_general_send_and_wait")
+                 "_topics", "_randrange", "_general_send", "_general_send_and_wait", "_pending_general",
+                 "_loop_thread")
 
     def __init__(self, batch_size: int = 16384, rng: random.Random | None = None) -> None:
         self.batch_size = batch_size
@@ -92,6 +94,10 @@ class RecordAppender:
         self._randrange = (random.Random() if rng is None else rng).randrange
         self._general_send: Callable[..., Coroutine[Any, Any, DeliveryHandle]] | None = None
         self._general_send_and_wait: Callable[..., Coroutine[Any, Any, RecordMetadata]] | None = None
+        # As the compiled module's: general-path coroutines handed out and not yet appended, and the thread
+        # of the producer's loop (the entries append only there).
+        self._pending_general = 0
+        self._loop_thread = -1
 
     def bind(self, metadata: dict[str, Any], waiters: Sequence[Any], max_record_size: int,
              own_partitioner: bool) -> None:
@@ -101,6 +107,7 @@ class RecordAppender:
         self._waiters = waiters
         self._max_record_size = max_record_size
         self.own_partitioner = bool(own_partitioner)
+        self._loop_thread = threading.get_ident()
 
     def _topic(self, topic: str) -> _Topic:
         state = self._topics.get(topic)
@@ -197,21 +204,37 @@ class RecordAppender:
         self._general_send = send
         self._general_send_and_wait = send_and_wait
 
+    def general_done(self) -> None:
+        if self._pending_general > 0:
+            self._pending_general -= 1
+
+    @property
+    def pending_general(self) -> int:
+        return self._pending_general
+
     def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, partition: int | None = None,
              timestamp_ms: int | None = None, headers: Sequence[tuple[str | bytes, bytes | None]] | None = None,
              ) -> Coroutine[Any, Any, DeliveryHandle]:
-        handle = self.append(topic, value, key, partition, timestamp_ms, headers)
+        handle = None
+        if self._pending_general == 0 and threading.get_ident() == self._loop_thread:
+            handle = self.append(topic, value, key, partition, timestamp_ms, headers)
         if handle is None:
-            return _general(self._general_send, topic, value, key, partition, timestamp_ms, headers)
+            general = _general(self._general_send, topic, value, key, partition, timestamp_ms, headers)
+            self._pending_general += 1
+            return general
         return _Ready(handle, False)
 
     def send_and_wait(self, topic: str, value: bytes | None = None, key: bytes | None = None,
                       partition: int | None = None, timestamp_ms: int | None = None,
                       headers: Sequence[tuple[str | bytes, bytes | None]] | None = None,
                       ) -> Coroutine[Any, Any, RecordMetadata]:
-        handle = self.append(topic, value, key, partition, timestamp_ms, headers)
+        handle = None
+        if self._pending_general == 0 and threading.get_ident() == self._loop_thread:
+            handle = self.append(topic, value, key, partition, timestamp_ms, headers)
         if handle is None:
-            return _general(self._general_send_and_wait, topic, value, key, partition, timestamp_ms, headers)
+            general = _general(self._general_send_and_wait, topic, value, key, partition, timestamp_ms, headers)
+            self._pending_general += 1
+            return general
         return _Ready(handle, True)
 
     # -- the sticky partitioner's state (used by DefaultPartitioner) ---------------------------------------
