@@ -79,8 +79,6 @@ class Sender:
                  on_fatal: Callable[[], None] = lambda: None,
                  on_abandoned: Callable[[int], None] = lambda count: None,
                  on_batch_failed: Optional[Callable[[ProducerBatch, BaseException], None]] = None) -> None:
-        from .connection import RESPONSE_CLASSES
-
         self.config = config
         self.cluster = cluster
         self.accumulator = accumulator
