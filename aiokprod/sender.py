@@ -335,7 +335,10 @@ class Sender:
         bound (``_in_flight_floor``, refreshed by ``_expire`` when it passes): at worst a turn comes early."""
         deadline = self.accumulator.earliest_deadline()
         floor = self._in_flight_floor
-        if floor != _NEVER and (deadline is None or floor < deadline):
+        # Only while something is in flight: the floor of batches already answered would otherwise keep an
+        # idle sender asleep until it passes, instead of waking every metadata_max_age_ms to refresh (an idle
+        # producer then reconnected ~30 s after an outage, not within metadata_max_age_ms).
+        if floor != _NEVER and self.in_flight_batches and (deadline is None or floor < deadline):
             deadline = floor
         return deadline
 
